@@ -1,0 +1,109 @@
+"""Fixtures for every test in the workspace: a real PostgreSQL database and a RabbitMQ vhost of
+their own, so a developer's `make run` and the suite never see each other's messages."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from shared.db.engine import make_engine, make_sessionmaker
+from shared.db.migrate import migrate
+from shared.settings import Settings, load_settings
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+TEST_DB = os.environ.get("REELFLOW_TEST_DB", "reelflow_test")
+TEST_VHOST = os.environ.get("REELFLOW_TEST_VHOST", "reelflow_test")
+PG = os.environ.get("REELFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+AMQP = os.environ.get("REELFLOW_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
+ADMIN_KEY = "test-admin-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=False, capture_output=True, timeout=60)
+
+
+def fresh_vhost(name: str) -> None:
+    """An empty vhost: no queues or messages left from an earlier run."""
+    _rabbitmqctl("delete_vhost", name)
+    _rabbitmqctl("add_vhost", name)
+    _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def env(media_dir: Path) -> dict[str, str]:
+    """The environment a test's services run with (also handed to subprocesses)."""
+    return {
+        "DATABASE_URL": f"{PG}/{TEST_DB}",
+        "AMQP_URL": f"{AMQP}/{TEST_VHOST}",
+        "ADMIN_API_KEY": ADMIN_KEY,
+        "LOCAL_STORAGE_DIR": str(media_dir),
+        "API_PORT": str(free_port()),
+        "ORCHESTRATOR_METRICS_PORT": str(free_port()),
+        "WORKER_METRICS_PORT": str(free_port()),
+        "NOTIFIER_METRICS_PORT": str(free_port()),
+        "VIDEO_PROVIDER": "local",
+        "MEDIA_SIGNING_KEY": "test-media-signing-key",
+    }
+
+
+@pytest.fixture(scope="session")
+def settings(env: dict[str, str]) -> Settings:
+    return load_settings(**{k: v for k, v in env.items()})
+
+
+@pytest.fixture(scope="session")
+async def prepared(settings: Settings) -> Settings:
+    """A freshly migrated test database and an empty vhost, once per session."""
+    conn = await asyncpg.connect(f"{PG}/postgres")
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
+    finally:
+        await conn.close()
+    await migrate(settings)
+    await asyncio.to_thread(fresh_vhost, TEST_VHOST)
+    return settings
+
+
+@pytest.fixture(scope="session")
+async def sessions(prepared: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = make_engine(prepared, pool_size=5)
+    yield make_sessionmaker(engine)
+    await engine.dispose()
+
+
+TABLES = (
+    "webhook_attempts, webhook_deliveries, webhook_endpoints, messages, render_jobs, "
+    "generations, conversations, users, outbox, inbox"
+)
+
+
+@pytest.fixture
+async def clean_db(sessions: async_sessionmaker[AsyncSession]) -> None:
+    async with sessions() as session, session.begin():
+        await session.execute(text(f"TRUNCATE {TABLES} CASCADE"))
+
+
+@pytest.fixture(scope="session")
+def reelflow_bin() -> str:
+    path = shutil.which("reelflow")
+    assert path, "the reelflow command is not installed in this environment"
+    return path

@@ -1,0 +1,343 @@
+"""Built-in "local" video provider: renders a real H.264 MP4 showing the prompt.
+
+Everything here is synchronous and CPU-bound; callers run it via ``asyncio.to_thread``.
+Only PyAV and Pillow are used (numpy is not a dependency), so the per-frame work is
+kept to a few cheap Pillow ops on a tiny background image plus one upscale and paste.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import contextlib
+import hashlib
+import math
+import os
+import pathlib
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+from av.video.frame import VideoFrame
+from av.video.reformatter import ColorRange, Colorspace, VideoReformatter
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+__all__ = ["render_thumbnail", "render_video"]
+
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+# BT.709 code point for colorspace / primaries / transfer (ISO/IEC 23091-4).
+_BT709 = 1
+# The background is drawn this wide and upscaled; blur + bilinear hide the low resolution.
+_BG_SMALL_WIDTH = 96
+# Seconds for the gradient to scroll through one full palette cycle.
+_BG_CYCLE_SECONDS = 12.0
+
+
+@dataclass(frozen=True)
+class _TextLayer:
+    image: Image.Image  # RGBA panel with the wrapped prompt
+    position: tuple[int, int]
+
+
+def render_video(
+    prompt: str,
+    *,
+    width: int,
+    height: int,
+    duration_seconds: int,
+    out_path: pathlib.Path,
+    fps: int = 24,
+    seed: int | None = None,
+    on_progress: Callable[[float], None] | None = None,
+) -> None:
+    """Render ``duration_seconds`` of H.264/yuv420p MP4 showing ``prompt`` to ``out_path``.
+
+    The file is written to a temp file in the same directory and renamed into place,
+    so readers never observe a partial video.
+    """
+    if width <= 0 or height <= 0 or width % 2 or height % 2:
+        raise ValueError(f"width/height must be positive and even for yuv420p: {width}x{height}")
+    if duration_seconds <= 0:
+        raise ValueError(f"duration_seconds must be positive: {duration_seconds}")
+    if fps <= 0:
+        raise ValueError(f"fps must be positive: {fps}")
+
+    digest = hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()
+    total_frames = duration_seconds * fps
+    progress_step = max(1, total_frames // 10)
+    background = _Background(width, height, digest)
+    text = _layout_prompt(prompt, width, height)
+    counter_font = _font(max(10, min(width, height) // 30))
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with _atomic_output(out_path) as tmp_path:
+        # Explicit format: the temp name's suffix must not decide the muxer.
+        container = av.open(
+            str(tmp_path), mode="w", format="mp4", options={"movflags": "+faststart"}
+        )
+        try:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.width = width
+            stream.height = height
+            stream.pix_fmt = "yuv420p"
+            # ultrafast keeps 1080p well under real time on 2 cores; it also disables
+            # B-frames, so there is no edit list and the container duration is exact.
+            stream.options = {"preset": "ultrafast", "crf": "23"}
+            ctx = stream.codec_context
+            ctx.time_base = Fraction(1, fps)
+            ctx.colorspace = _BT709
+            ctx.color_primaries = _BT709
+            ctx.color_trc = _BT709
+            ctx.color_range = int(ColorRange.MPEG)
+            reformatter = VideoReformatter()
+            # One reused RGB frame: allocating a fresh 1080p frame costs more than filling it.
+            rgb = VideoFrame(width, height, "rgb24")
+            rgb_plane = rgb.planes[0]
+
+            for index in range(total_frames):
+                image = background.frame(index / fps)
+                image.paste(text.image, text.position, text.image)
+                _draw_counter(image, counter_font, index, fps, total_frames)
+                # Convert ourselves so the pixels really are BT.709 limited range,
+                # matching the tags above (swscale would default to BT.601).
+                # tobytes with the plane's stride handles FFmpeg's row padding in one copy.
+                rgb_plane.update(image.tobytes("raw", "RGB", rgb_plane.line_size))
+                frame = reformatter.reformat(
+                    rgb,
+                    format="yuv420p",
+                    src_colorspace=Colorspace.ITU709,
+                    dst_colorspace=Colorspace.ITU709,
+                    src_color_range=ColorRange.JPEG,
+                    dst_color_range=ColorRange.MPEG,
+                )
+                frame.pts = index
+                frame.time_base = Fraction(1, fps)
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+                done = index + 1
+                if on_progress is not None and (done % progress_step == 0 or done == total_frames):
+                    on_progress(done / total_frames)
+            for packet in stream.encode(None):
+                container.mux(packet)
+        finally:
+            container.close()
+
+
+def render_thumbnail(video_path: pathlib.Path, out_path: pathlib.Path, *, max_width: int = 640) -> None:
+    """Save a JPEG of the video's middle frame (first frame as fallback), at most ``max_width`` wide."""
+    if max_width <= 0:
+        raise ValueError(f"max_width must be positive: {max_width}")
+    with av.open(str(video_path)) as container:
+        if not container.streams.video:
+            raise ValueError(f"{video_path} has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        middle = _middle_seconds(container, stream)
+        picked: VideoFrame | None = None
+        if middle > 0:
+            # Seeking lands on the keyframe before the target; decode forward to it.
+            with contextlib.suppress(av.FFmpegError):
+                container.seek(int(middle * av.time_base))
+        for frame in container.decode(stream):
+            picked = frame
+            if frame.time is None or frame.time >= middle:
+                break
+        if picked is None:
+            # The seek may have overshot on an odd file: retry from the start.
+            container.seek(0)
+            picked = next(container.decode(stream), None)
+        if picked is None:
+            raise ValueError(f"{video_path} has no decodable video frames")
+        image = picked.to_image()
+
+    if image.width > max_width:
+        new_height = max(1, round(image.height * max_width / image.width))
+        image = image.resize((max_width, new_height), Image.Resampling.LANCZOS)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with _atomic_output(out_path) as tmp_path:
+        image.save(tmp_path, format="JPEG", quality=85)
+
+
+def _middle_seconds(container: av.container.InputContainer, stream: av.VideoStream) -> float:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base) / 2
+    if container.duration is not None:
+        return container.duration / av.time_base / 2
+    return 0.0
+
+
+@contextlib.contextmanager
+def _atomic_output(out_path: pathlib.Path) -> Iterator[pathlib.Path]:
+    """Yield a temp path beside ``out_path``; rename it over ``out_path`` on success."""
+    fd, name = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp_path = pathlib.Path(name)
+    try:
+        yield tmp_path
+        tmp_path.chmod(0o644)  # mkstemp creates 0600; the result should be world-readable
+        os.replace(tmp_path, out_path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+class _Background:
+    """Slowly scrolling cyclic gradient with drifting soft blobs, palette from a hash.
+
+    Drawn at ~96 px wide (sub-pixel scroll via an affine transform, so motion stays
+    smooth after upscaling) and blurred, so per-frame cost is dominated by one resize.
+    """
+
+    def __init__(self, width: int, height: int, digest: bytes) -> None:
+        self.size = (width, height)
+        self.small = (_BG_SMALL_WIDTH, max(8, round(_BG_SMALL_WIDTH * height / width)))
+        sw, sh = self.small
+        base_hue = digest[0] / 255
+        # Mid-dark, fairly saturated colours so white text stays readable on top.
+        palette = [
+            _hsv(base_hue + offset + digest[i + 1] / 2550, 0.55 + digest[i + 4] / 900, 0.42 + digest[i + 7] / 1400)
+            for i, offset in enumerate((0.0, 0.14, 0.33))
+        ]
+        # Two periods side by side: any window of width ``sw`` is a seamless crop.
+        strip = Image.new("RGB", (2 * sw, 1))
+        for x in range(2 * sw):
+            pos = (x % sw) / sw * len(palette)
+            a, b = palette[int(pos)], palette[(int(pos) + 1) % len(palette)]
+            strip.putpixel((x, 0), _lerp(a, b, pos - int(pos)))
+        strip = strip.resize((2 * sw, sh), Image.Resampling.NEAREST)
+        # Darken towards the bottom for depth; also keeps the frame counter legible.
+        shade = Image.linear_gradient("L").resize((2 * sw, sh)).point(lambda v: v * 7 // 10)
+        self.strip = Image.composite(Image.new("RGB", strip.size), strip, shade)
+        self.blobs = [
+            (
+                _hsv(base_hue + 0.5 + digest[10 + i] / 1275, 0.5, 0.85),  # complementary
+                0.18 + digest[13 + i] / 1275,  # radius as a fraction of small height
+                0.05 + digest[16 + i] / 2550,  # orbit speed (cycles per second)
+                digest[19 + i] / 255 * math.tau,  # phase
+            )
+            for i in range(3)
+        ]
+        self.blur = ImageFilter.GaussianBlur(radius=sh / 10)
+
+    def frame(self, t: float) -> Image.Image:
+        sw, sh = self.small
+        dx = (t / _BG_CYCLE_SECONDS * sw) % sw
+        small = self.strip.transform(
+            self.small, Image.Transform.AFFINE, (1, 0, dx, 0, 1, 0), Image.Resampling.BILINEAR
+        )
+        overlay = Image.new("RGB", self.small)
+        mask = Image.new("L", self.small)
+        draw_overlay = ImageDraw.Draw(overlay)
+        draw_mask = ImageDraw.Draw(mask)
+        for i, (colour, radius_frac, speed, phase) in enumerate(self.blobs):
+            angle = t * speed * math.tau + phase
+            cx = sw * (0.5 + 0.38 * math.cos(angle * (1 + i % 2)))
+            cy = sh * (0.5 + 0.32 * math.sin(angle))
+            r = radius_frac * sh
+            box = (cx - r, cy - r, cx + r, cy + r)
+            draw_overlay.ellipse(box, fill=colour)
+            draw_mask.ellipse(box, fill=110)
+        small.paste(overlay, (0, 0), mask)
+        return small.filter(self.blur).resize(self.size, Image.Resampling.BILINEAR)
+
+
+def _layout_prompt(prompt: str, width: int, height: int) -> _TextLayer:
+    """Word-wrap the prompt onto a translucent panel, shrinking the font for long prompts."""
+    text = " ".join(prompt.split()) or "(empty prompt)"
+    max_text_width = int(width * 0.84)
+    max_text_height = int(height * 0.6)
+    # Readable relative to the frame, but capped by width so portrait frames still fit words.
+    start_size = max(12, round(min(height / 12, width / 15)))
+    size = start_size
+    while True:
+        font = _font(size)
+        line_height = _line_height(font)
+        lines = _wrap(text, font, max_text_width)
+        max_lines = max(1, max_text_height // line_height)
+        if len(lines) <= max_lines or size <= max(10, start_size // 2):
+            break
+        size = max(10, round(size * 0.85))
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = _ellipsize(lines[-1], font, max_text_width)
+
+    pad = max(6, size // 2)
+    text_width = max(int(font.getlength(line)) for line in lines)
+    panel = Image.new("RGBA", (text_width + 2 * pad, line_height * len(lines) + 2 * pad))
+    draw = ImageDraw.Draw(panel)
+    draw.rounded_rectangle(
+        (0, 0, panel.width - 1, panel.height - 1), radius=pad, fill=(0, 0, 0, 120)
+    )
+    shadow = max(1, size // 24)
+    for i, line in enumerate(lines):
+        x = (panel.width - font.getlength(line)) / 2
+        y = pad + i * line_height
+        draw.text((x + shadow, y + shadow), line, font=font, fill=(0, 0, 0, 180))
+        draw.text((x, y), line, font=font, fill=(255, 255, 255, 255))
+    position = ((width - panel.width) // 2, (height - panel.height) // 2)
+    return _TextLayer(panel, position)
+
+
+def _wrap(text: str, font: Font, max_width: int) -> list[str]:
+    """Greedy word wrap; words wider than a line are split by characters."""
+    lines: list[str] = []
+    current = ""
+    for word in text.split(" "):
+        candidate = f"{current} {word}" if current else word
+        if font.getlength(candidate) <= max_width:
+            current = candidate
+            continue
+        if current:
+            lines.append(current)
+        current = word
+        while font.getlength(current) > max_width and len(current) > 1:
+            cut = len(current) - 1
+            while cut > 1 and font.getlength(current[:cut]) > max_width:
+                cut -= 1
+            lines.append(current[:cut])
+            current = current[cut:]
+    if current:
+        lines.append(current)
+    return lines
+
+
+def _ellipsize(line: str, font: Font, max_width: int) -> str:
+    while line and font.getlength(line + "…") > max_width:
+        line = line[:-1]
+    return line.rstrip() + "…"
+
+
+def _draw_counter(image: Image.Image, font: Font, index: int, fps: int, total: int) -> None:
+    seconds, frame_in_second = divmod(index, fps)
+    label = f"{seconds // 60:02d}:{seconds % 60:02d}:{frame_in_second:02d}  {index + 1}/{total}"
+    margin = max(4, image.height // 40)
+    stroke = max(1, image.height // 360)
+    y = image.height - margin - _line_height(font)
+    ImageDraw.Draw(image).text(
+        (margin, y), label, font=font, fill=(255, 255, 255), stroke_width=stroke, stroke_fill=(0, 0, 0)
+    )
+
+
+def _font(size: int) -> Font:
+    # Pillow >= 10.1 ships a scalable default font (needs FreeType, which wheels include).
+    return ImageFont.load_default(size=size)
+
+
+def _line_height(font: Font) -> int:
+    top, bottom = font.getbbox("Ágjy|")[1::2]
+    return max(1, int((bottom - top) * 1.25))
+
+
+def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
+    r, g, b = colorsys.hsv_to_rgb(h % 1.0, min(s, 1.0), min(v, 1.0))
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+def _lerp(a: tuple[int, int, int], b: tuple[int, int, int], f: float) -> tuple[int, int, int]:
+    return (
+        round(a[0] + (b[0] - a[0]) * f),
+        round(a[1] + (b[1] - a[1]) * f),
+        round(a[2] + (b[2] - a[2]) * f),
+    )

@@ -1,0 +1,76 @@
+"""Applying a transition: `decide()`, a compare-and-set on the row's version, and the lifecycle
+events to the outbox, all in the caller's transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.db.models import Generation, utcnow
+from shared.messages import GenerationSnapshot, LifecycleEvent
+from shared.outbox import enqueue
+from shared.state_machine import Decision, Status, Trigger, decide
+
+
+class ConcurrentUpdate(Exception):
+    """Someone else changed the generation since it was read; re-read and decide again."""
+
+
+def snapshot(gen: Generation) -> GenerationSnapshot:
+    return GenerationSnapshot.model_validate(
+        {
+            "status": gen.status,
+            "prompt": gen.prompt,
+            "params": gen.params,
+            "spec": gen.spec,
+            "questions": gen.questions,
+            "answers": gen.answers,
+            "estimated_cost_usd": gen.estimated_cost_usd,
+            "progress": gen.progress,
+            "result": gen.result,
+            "error": gen.error,
+            "job_id": str(gen.id),
+            "created_at": gen.created_at,
+            "updated_at": gen.updated_at,
+        }
+    )
+
+
+async def apply_transition(
+    session: AsyncSession, gen: Generation, trigger: Trigger, **changes: Any
+) -> Decision:
+    """Move `gen` by `trigger`, writing `changes` with it. Raises `IllegalTransition` or
+    `ConcurrentUpdate`; on success `gen` holds the new values and its events are in the outbox."""
+    decision = decide(Status(gen.status), trigger)
+    now = utcnow()
+    values = {
+        **changes,
+        "status": decision.status.value,
+        "version": gen.version + 1,
+        "updated_at": now,
+    }
+    result = await session.execute(
+        update(Generation)
+        .where(Generation.id == gen.id, Generation.version == gen.version)  # type: ignore[arg-type]
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise ConcurrentUpdate(str(gen.id))
+    for key, value in values.items():
+        setattr(gen, key, value)
+    for event in decision.events:
+        enqueue(
+            session,
+            LifecycleEvent(
+                generation_id=gen.id,
+                event=event,
+                user_id=gen.user_id,
+                conversation_id=gen.conversation_id,
+                snapshot=snapshot(gen),
+                occurred_at=now,
+            ),
+        )
+    return decision

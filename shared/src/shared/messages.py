@@ -1,0 +1,126 @@
+"""The message catalogue: every event and command on RabbitMQ, as versioned pydantic models.
+
+The AMQP `type` property carries `TYPE`; the body carries `version`. A consumer refuses a
+version it does not know (the message dead-letters instead of being misread).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.schemas import (
+    ErrorInfo,
+    GenerationParams,
+    Progress,
+    Question,
+    RenderResult,
+    RenderSpec,
+)
+from shared.state_machine import Event, Status
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    TYPE: ClassVar[str]
+    version: Literal[1] = 1
+    generation_id: uuid.UUID
+
+    @property
+    def routing_key(self) -> str:
+        return self.TYPE
+
+
+class GenerationRequested(Message):
+    """API → orchestrator: a new generation row exists; read and analyse it."""
+
+    TYPE: ClassVar[str] = "generation.requested"
+    user_id: uuid.UUID
+
+
+class GenerationSnapshot(BaseModel):
+    """The generation as it was when the event happened (events are read out of order)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: Status
+    prompt: str
+    params: GenerationParams
+    spec: RenderSpec | None = None
+    questions: list[Question] = Field(default_factory=list)
+    answers: dict[str, str] = Field(default_factory=dict)
+    estimated_cost_usd: Decimal | None = None
+    progress: Progress | None = None
+    result: RenderResult | None = None
+    error: ErrorInfo | None = None
+    job_id: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class LifecycleEvent(Message):
+    """Orchestrator/API → notifier, live views: a status or progress change happened."""
+
+    TYPE: ClassVar[str] = "generation.lifecycle"
+    event: Event
+    user_id: uuid.UUID
+    conversation_id: uuid.UUID | None = None
+    snapshot: GenerationSnapshot
+    occurred_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def routing_key(self) -> str:
+        return self.event.value
+
+
+class RenderRequested(Message):
+    """Orchestrator → worker: render this spec and store it."""
+
+    TYPE: ClassVar[str] = "render.requested"
+    user_id: uuid.UUID
+    spec: RenderSpec
+
+
+RenderReportKind = Literal["started", "progress", "succeeded", "failed"]
+
+
+class RenderReported(Message):
+    """Worker → orchestrator: what happened to a render."""
+
+    TYPE: ClassVar[str] = "render.reported"
+    kind: RenderReportKind
+    progress: Progress | None = None
+    result: RenderResult | None = None
+    error: ErrorInfo | None = None
+    occurred_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def routing_key(self) -> str:
+        return f"render.{self.kind}"
+
+
+CATALOGUE: dict[str, type[Message]] = {
+    cls.TYPE: cls for cls in (GenerationRequested, LifecycleEvent, RenderRequested, RenderReported)
+}
+
+
+class UnknownMessage(Exception):
+    """A type or version this code does not know: dead-letter it, never guess."""
+
+
+def parse_message(type_: str | None, body: bytes | str | dict[str, Any]) -> Message:
+    cls = CATALOGUE.get(type_ or "")
+    if cls is None:
+        raise UnknownMessage(f"unknown message type {type_!r}")
+    if isinstance(body, dict):
+        return cls.model_validate(body)
+    return cls.model_validate_json(body)

@@ -1,0 +1,187 @@
+"""What every service process shares: wiring, the consumer loop, health and metrics.
+
+`ServiceRuntime` is built by a service's wiring function from `Settings`; nothing here runs at
+import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import uvicorn
+from faststream import AckPolicy
+from faststream.rabbit import Channel, QueueType, RabbitBroker, RabbitQueue
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from shared.db.engine import make_engine, make_sessionmaker
+from shared.logging import get_logger
+from shared.outbox import OutboxRelay
+from shared.settings import Settings
+from shared.topology import WorkQueue
+
+log = get_logger("RUNTIME")
+
+
+@dataclass
+class ServiceRuntime:
+    name: str
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    relay: OutboxRelay
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    @classmethod
+    def build(cls, name: str, settings: Settings, *, pool_size: int = 10) -> ServiceRuntime:
+        engine = make_engine(settings, pool_size=pool_size)
+        sessions = make_sessionmaker(engine)
+        return cls(name, settings, engine, sessions, OutboxRelay(sessions, settings.amqp_url))
+
+    async def start(self) -> None:
+        await self.relay.start()
+
+    async def close(self) -> None:
+        await self.relay.stop()
+        await self.engine.dispose()
+
+    async def database_ok(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+
+@dataclass
+class Subscription:
+    queue: WorkQueue
+    handler: Callable[..., Awaitable[None]]
+
+
+class ConsumerService:
+    """A process that consumes work queues with FastStream and relays its outbox."""
+
+    def __init__(
+        self,
+        runtime: ServiceRuntime,
+        subscriptions: list[Subscription],
+        *,
+        prefetch: int = 10,
+        health_port: int | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.subscriptions = subscriptions
+        self.health_port = health_port
+        self.broker = RabbitBroker(
+            runtime.settings.amqp_url,
+            default_channel=Channel(prefetch_count=prefetch),
+            logger=None,
+            graceful_timeout=30.0,
+        )
+        for sub in subscriptions:
+            queue = RabbitQueue(
+                sub.queue.name, queue_type=QueueType.QUORUM, durable=True, declare=False
+            )
+            # Nack (requeue) on an unexpected error; the quorum delivery limit dead-letters.
+            self.broker.subscriber(queue, ack_policy=AckPolicy.NACK_ON_ERROR)(sub.handler)
+        self._server: uvicorn.Server | None = None
+        self._server_task: asyncio.Task[None] | None = None
+        self._probe: aio_pika.abc.AbstractRobustConnection | None = None
+
+    async def start(self) -> None:
+        await self.runtime.start()  # declares the topology before subscribers attach
+        await self.broker.start()
+        self._probe = await aio_pika.connect_robust(self.runtime.settings.amqp_url)
+        if self.health_port is not None:
+            config = uvicorn.Config(
+                health_app(self.ready, self.runtime.registry),
+                host="127.0.0.1",
+                port=self.health_port,
+                log_level="warning",
+                lifespan="off",
+            )
+            self._server = uvicorn.Server(config)
+            self._server_task = asyncio.create_task(self._server.serve())
+        log.info(
+            "Service started",
+            service=self.runtime.name,
+            queues=[s.queue.name for s in self.subscriptions],
+        )
+
+    async def stop(self) -> None:
+        if self._server:
+            self._server.should_exit = True
+            if self._server_task:
+                with contextlib.suppress(Exception):
+                    await self._server_task
+        await self.broker.stop()
+        if self._probe:
+            await self._probe.close()
+        await self.runtime.close()
+        log.info("Service stopped", service=self.runtime.name)
+
+    async def ready(self) -> dict[str, Any]:
+        """Database and broker reachable, and a consumer on every queue we serve."""
+        checks: dict[str, Any] = {
+            "database": await self.runtime.database_ok(),
+            "outbox_relay": self.runtime.relay.healthy,
+        }
+        consumers: dict[str, bool] = {}
+        try:
+            assert self._probe is not None
+            channel = await self._probe.channel()
+            async with channel:
+                for sub in self.subscriptions:
+                    q = await channel.declare_queue(sub.queue.name, passive=True)
+                    consumers[sub.queue.name] = bool(q.declaration_result.consumer_count)
+            checks["broker"] = True
+        except Exception:
+            checks["broker"] = False
+        checks["consumers"] = consumers
+        checks["ok"] = bool(
+            checks["database"]
+            and checks["broker"]
+            and checks["outbox_relay"]
+            and all(consumers.values())
+        )
+        return checks
+
+    async def run_forever(self) -> None:
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+
+def health_app(
+    ready: Callable[[], Awaitable[dict[str, Any]]], registry: CollectorRegistry
+) -> Starlette:
+    up = Gauge("reelflow_up", "1 while the process runs", registry=registry)
+    up.set(1)
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        checks = await ready()
+        return JSONResponse(checks, status_code=200 if checks["ok"] else 503)
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)]
+    )

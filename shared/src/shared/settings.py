@@ -1,0 +1,202 @@
+"""Typed settings read from the environment (and `.env`), with the seed's variable names as aliases.
+
+One `Settings` object is built by each service's wiring function; nothing reads the environment
+at import time. Bad values fail at start with one line naming the variable (`SettingsError`).
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PRICE_PER_SECOND_USD: dict[str, Decimal] = {
+    # Gemini API list prices per generated second (with audio), Nov 2026.
+    "veo-3.1-generate-preview": Decimal("0.40"),
+    "veo-3.1-fast-generate-preview": Decimal("0.15"),
+    "veo-3.0-generate-001": Decimal("0.40"),
+    "veo-3.0-fast-generate-001": Decimal("0.15"),
+    "veo-2.0-generate-001": Decimal("0.35"),
+}
+
+
+class SettingsError(Exception):
+    """Raised with one human line naming the offending variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", populate_by_name=True, case_sensitive=False
+    )
+
+    database_url: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/reelflow", validation_alias="DATABASE_URL"
+    )
+    amqp_url: str = Field("amqp://guest:guest@127.0.0.1:5672/", validation_alias="AMQP_URL")
+    api_host: str = Field("127.0.0.1", validation_alias="API_HOST")
+    api_port: int = Field(8000, ge=1, le=65535, validation_alias="API_PORT")
+    public_base_url: str | None = Field(None, validation_alias="PUBLIC_BASE_URL")
+    admin_api_key: SecretStr | None = Field(None, validation_alias="ADMIN_API_KEY")
+
+    video_provider: Literal["veo", "local"] | None = Field(None, validation_alias="VIDEO_PROVIDER")
+    gemini_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("GEMINI_API_KEY", "VEO3_API_KEY")
+    )
+    google_gemini_base_url: str = Field(
+        "https://generativelanguage.googleapis.com", validation_alias="GOOGLE_GEMINI_BASE_URL"
+    )
+    veo_model: str = Field("veo-3.1-fast-generate-preview", validation_alias="VEO_MODEL")
+    price_per_second_usd: dict[str, Decimal] = Field(
+        default_factory=lambda: dict(DEFAULT_PRICE_PER_SECOND_USD),
+        validation_alias="PRICE_PER_SECOND_USD",
+    )
+
+    storage_backend: Literal["local", "s3"] = Field("local", validation_alias="STORAGE_BACKEND")
+    local_storage_dir: Path = Field(Path("./var/media"), validation_alias="LOCAL_STORAGE_DIR")
+    s3_endpoint_url: str | None = Field(None, validation_alias="S3_ENDPOINT_URL")
+    s3_bucket: str | None = Field(
+        None, validation_alias=AliasChoices("S3_BUCKET", "R2_BUCKET_NAME")
+    )
+    s3_region: str | None = Field(None, validation_alias="S3_REGION")
+    s3_access_key_id: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("S3_ACCESS_KEY_ID", "R2_ACCESS_KEY_ID")
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("S3_SECRET_ACCESS_KEY", "R2_SECRET_ACCESS_KEY")
+    )
+    r2_account_id: str | None = Field(None, validation_alias="R2_ACCOUNT_ID")
+    media_url_ttl_seconds: int = Field(3600, ge=1, validation_alias="MEDIA_URL_TTL_SECONDS")
+    media_signing_key: SecretStr | None = Field(None, validation_alias="MEDIA_SIGNING_KEY")
+
+    nextjs_url: str | None = Field(None, validation_alias="NEXTJS_URL")
+    worker_api_key: SecretStr | None = Field(None, validation_alias="WORKER_API_KEY")
+    webhook_retry_schedule: list[int] = Field(
+        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000],
+        validation_alias="WEBHOOK_RETRY_SCHEDULE",
+    )
+    webhook_timeout_seconds: float = Field(15.0, gt=0, validation_alias="WEBHOOK_TIMEOUT_SECONDS")
+    webhook_allow_private_networks: bool = Field(
+        False, validation_alias="WEBHOOK_ALLOW_PRIVATE_NETWORKS"
+    )
+
+    log_format: Literal["console", "json"] = Field("console", validation_alias="LOG_FORMAT")
+    log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
+    metrics_port_orchestrator: int = Field(9101, validation_alias="ORCHESTRATOR_METRICS_PORT")
+    metrics_port_worker: int = Field(9102, validation_alias="WORKER_METRICS_PORT")
+    metrics_port_notifier: int = Field(9103, validation_alias="NOTIFIER_METRICS_PORT")
+    max_body_bytes: int = Field(64 * 1024, ge=1024, validation_alias="MAX_BODY_BYTES")
+    worker_concurrency: int = Field(2, ge=1, validation_alias="WORKER_CONCURRENCY")
+    delivery_limit: int = Field(5, ge=1, validation_alias="DELIVERY_LIMIT")
+
+    @field_validator("webhook_retry_schedule", mode="before")
+    @classmethod
+    def _parse_schedule(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            if not parts or not all(p.isdigit() for p in parts):
+                raise ValueError("expected comma-separated whole seconds, e.g. 5,300,1800")
+            return [int(p) for p in parts]
+        return value
+
+    @field_validator("price_per_second_usd", mode="before")
+    @classmethod
+    def _parse_prices(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value)
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_db(cls, value: str) -> str:
+        if not value.startswith(("postgresql://", "postgresql+asyncpg://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _check_amqp(cls, value: str) -> str:
+        if not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("must be an amqp:// URL")
+        return value
+
+    @field_validator("nextjs_url", "s3_endpoint_url", "public_base_url")
+    @classmethod
+    def _check_http(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s):// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Settings:
+        if self.video_provider == "veo" and self.gemini_api_key is None:
+            raise ValueError("VIDEO_PROVIDER=veo needs GEMINI_API_KEY (or VEO3_API_KEY)")
+        if self.storage_backend == "s3" and not self.s3_bucket:
+            raise ValueError("STORAGE_BACKEND=s3 needs S3_BUCKET (or R2_BUCKET_NAME)")
+        return self
+
+    # Derived values: computed, never stored twice.
+    @property
+    def provider(self) -> Literal["veo", "local"]:
+        if self.video_provider:
+            return self.video_provider
+        return "veo" if self.gemini_api_key else "local"
+
+    @property
+    def default_model(self) -> str:
+        return self.veo_model if self.provider == "veo" else "local"
+
+    @property
+    def s3_endpoint(self) -> str | None:
+        if self.s3_endpoint_url:
+            return self.s3_endpoint_url
+        if self.r2_account_id:
+            return f"https://{self.r2_account_id}.r2.cloudflarestorage.com"
+        return None
+
+    @property
+    def asyncpg_dsn(self) -> str:
+        """The DSN for SQLAlchemy's asyncpg dialect."""
+        url = self.database_url
+        for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+asyncpg://" + url[len(prefix) :]
+        return url
+
+    @property
+    def public_url(self) -> str:
+        return self.public_base_url or f"http://{self.api_host}:{self.api_port}"
+
+
+_ENV_NAMES = {
+    name: (
+        field.validation_alias.choices[0]  # type: ignore[union-attr]
+        if isinstance(field.validation_alias, AliasChoices)
+        else field.validation_alias
+    )
+    for name, field in Settings.model_fields.items()
+}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, turning pydantic's report into one line that names the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = err["loc"][0] if err["loc"] else None
+        var = _ENV_NAMES.get(str(loc), str(loc)) if loc is not None else "configuration"
+        msg = err["msg"].removeprefix("Value error, ")
+        raise SettingsError(f"invalid configuration: {var}: {msg}") from None
