@@ -4,9 +4,10 @@ A handler gets an open transaction and the parsed message. Its effects, the inbo
 outgoing messages (outbox) commit together; FastStream acks only after this returns. A message
 that cannot be parsed, or a `PermanentError`, is rejected to the queue's DLQ at once; any other
 error is nacked and redelivered until the queue's delivery limit dead-letters it.
-"""
 
-from __future__ import annotations
+(No `from __future__ import annotations` here: FastStream resolves the handler's
+annotations at runtime to inject the raw message.)
+"""
 
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AliasChoices,
@@ -19,7 +19,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError as _SourceError
 
 DEFAULT_PRICE_PER_SECOND_USD: dict[str, Decimal] = {
     # Gemini API list prices per generated second (with audio), Nov 2026.
@@ -57,7 +58,7 @@ class Settings(BaseSettings):
         "https://generativelanguage.googleapis.com", validation_alias="GOOGLE_GEMINI_BASE_URL"
     )
     veo_model: str = Field("veo-3.1-fast-generate-preview", validation_alias="VEO_MODEL")
-    price_per_second_usd: dict[str, Decimal] = Field(
+    price_per_second_usd: Annotated[dict[str, Decimal], NoDecode] = Field(
         default_factory=lambda: dict(DEFAULT_PRICE_PER_SECOND_USD),
         validation_alias="PRICE_PER_SECOND_USD",
     )
@@ -81,7 +82,7 @@ class Settings(BaseSettings):
 
     nextjs_url: str | None = Field(None, validation_alias="NEXTJS_URL")
     worker_api_key: SecretStr | None = Field(None, validation_alias="WORKER_API_KEY")
-    webhook_retry_schedule: list[int] = Field(
+    webhook_retry_schedule: Annotated[list[int], NoDecode] = Field(
         default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000],
         validation_alias="WEBHOOK_RETRY_SCHEDULE",
     )
@@ -113,7 +114,12 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_prices(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return json.loads(value)
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError(
+                    'expected JSON such as {"veo-3.1-generate-preview": 0.4}'
+                ) from None
         return value
 
     @field_validator("database_url")
@@ -200,3 +206,8 @@ def load_settings(**overrides: Any) -> Settings:
         var = _ENV_NAMES.get(str(loc), str(loc)) if loc is not None else "configuration"
         msg = err["msg"].removeprefix("Value error, ")
         raise SettingsError(f"invalid configuration: {var}: {msg}") from None
+    except _SourceError as exc:  # a value the environment source could not even decode
+        field = str(exc).split('"')[1] if '"' in str(exc) else "configuration"
+        raise SettingsError(
+            f"invalid configuration: {_ENV_NAMES.get(field, field)}: cannot be parsed"
+        ) from None

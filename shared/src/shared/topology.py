@@ -158,3 +158,9 @@ def definitions(vhost: str = "/") -> dict[str, Any]:
         "queues": queues,
         "bindings": bindings,
     }
+
+
+if __name__ == "__main__":  # `make definitions`
+    import json
+
+    print(json.dumps(definitions(), indent=2))

@@ -1,0 +1,29 @@
+# The two commands: `make run` and `make test`. Both install what is missing into the repo first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV = $(shell bash scripts/bootstrap.sh | tail -n 1)
+
+.PHONY: help prepare run test test-fast lint definitions
+
+help:
+	@echo "make run          install, migrate and start all services (http://127.0.0.1:8000)"
+	@echo "make test         the whole suite against real RabbitMQ and PostgreSQL"
+	@echo "make lint         ruff and mypy"
+	@echo "make definitions  regenerate deploy/rabbitmq/definitions.json from the topology"
+
+prepare:
+	@bash scripts/ensure-services.sh
+
+run: prepare
+	@uv="$(UV)"; exec "$$uv" run --frozen reelflow run
+
+test: prepare
+	@uv="$(UV)"; "$$uv" run --frozen pytest
+
+lint:
+	@uv="$(UV)"; "$$uv" run --frozen ruff check . && "$$uv" run --frozen ruff format --check . \
+	  && "$$uv" run --frozen mypy shared/src services/*/src src
+
+definitions:
+	@uv="$(UV)"; "$$uv" run --frozen python -m shared.topology > deploy/rabbitmq/definitions.json

@@ -1,0 +1,153 @@
+"""Outbox, inbox and the consumer wrapper against the real broker and database."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractChannel, DeliveryMode
+from shared.consumer import IdempotentConsumer, PermanentError
+from shared.db.models import OutboxMessage
+from shared.messages import GenerationRequested
+from shared.outbox import enqueue
+from shared.runtime import ConsumerService, ServiceRuntime, Subscription
+from shared.settings import Settings
+from shared.topology import EVENTS, WorkQueue, declare
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+pytestmark = pytest.mark.usefixtures("clean_db")
+
+
+@pytest.fixture
+async def channel(prepared: Settings) -> AsyncIterator[AbstractChannel]:
+    connection = await aio_pika.connect(prepared.amqp_url)
+    async with connection:
+        yield await connection.channel()
+
+
+async def _tap(channel: AbstractChannel, key: str) -> aio_pika.abc.AbstractQueue:
+    queue = await channel.declare_queue(exclusive=True)
+    await queue.bind(await channel.get_exchange(EVENTS), routing_key=key)
+    return queue
+
+
+async def _get(
+    queue: aio_pika.abc.AbstractQueue, timeout: float = 10
+) -> aio_pika.abc.AbstractIncomingMessage:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        message = await queue.get(fail=False)
+        if message is not None:
+            await message.ack()
+            return message
+        assert asyncio.get_running_loop().time() < deadline, "no message arrived"
+        await asyncio.sleep(0.05)
+
+
+async def test_relay_publishes_committed_rows_persistent_and_marks_them(
+    prepared: Settings, sessions, channel: AbstractChannel
+) -> None:
+    runtime = ServiceRuntime.build("test", prepared, pool_size=2)
+    await runtime.start()
+    try:
+        tap = await _tap(channel, "generation.requested")
+        message = GenerationRequested(generation_id=uuid.uuid4(), user_id=uuid.uuid4())
+        async with sessions() as session, session.begin():
+            enqueue(session, message)
+        runtime.relay.wake()
+        got = await _get(tap)
+        assert got.type == "generation.requested"
+        assert got.correlation_id == str(message.generation_id)
+        assert got.delivery_mode == DeliveryMode.PERSISTENT
+        assert GenerationRequested.model_validate_json(got.body) == message
+        async with sessions() as session:
+            row = (await session.execute(select(OutboxMessage))).scalars().one()
+            assert row.published_at is not None
+            assert str(row.message_id) == got.message_id
+    finally:
+        await runtime.close()
+
+
+async def test_rolled_back_transaction_publishes_nothing(prepared: Settings, sessions) -> None:
+    async def failing(session: AsyncSession) -> None:
+        enqueue(session, GenerationRequested(generation_id=uuid.uuid4(), user_id=uuid.uuid4()))
+        raise RuntimeError("the state change failed")
+
+    with pytest.raises(RuntimeError):
+        async with sessions() as session, session.begin():
+            await failing(session)
+    async with sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(OutboxMessage)) == 0
+
+
+TEST_QUEUE = WorkQueue("test.consumer", EVENTS, ("test.consumer",), delivery_limit=2)
+
+
+async def _publish(channel: AbstractChannel, body: bytes, message_id: str, type_: str) -> None:
+    await (await channel.get_exchange(EVENTS)).publish(
+        aio_pika.Message(
+            body, message_id=message_id, type=type_, delivery_mode=DeliveryMode.PERSISTENT
+        ),
+        routing_key=TEST_QUEUE.name,
+    )
+
+
+async def test_consumer_applies_once_dead_letters_poison_and_gives_up_on_failures(
+    prepared: Settings, sessions, channel: AbstractChannel
+) -> None:
+    await channel.queue_delete(TEST_QUEUE.name)
+    await channel.queue_delete(TEST_QUEUE.dlq)
+    await declare(channel, (TEST_QUEUE,))
+    seen: list[uuid.UUID] = []
+
+    async def handler(session: AsyncSession, message: GenerationRequested) -> None:
+        await session.execute(text("SELECT 1"))
+        if message.user_id.int == 0:
+            raise RuntimeError("always fails")  # transient-looking: redelivered, then DLQ
+        if message.user_id.int == 1:
+            raise PermanentError("cannot ever work")
+        seen.append(message.generation_id)
+
+    runtime = ServiceRuntime.build("test", prepared, pool_size=2)
+    consumer = IdempotentConsumer(
+        "test", GenerationRequested, handler, runtime.sessions, runtime.relay
+    )
+    service = ConsumerService(runtime, [Subscription(TEST_QUEUE, consumer)])
+    await service.start()
+    try:
+        good = GenerationRequested(generation_id=uuid.uuid4(), user_id=uuid.uuid4())
+        await _publish(channel, good.model_dump_json().encode(), "m-good", good.TYPE)
+        await _publish(channel, good.model_dump_json().encode(), "m-good", good.TYPE)
+        await _publish(channel, b"not json at all", "m-garbage", good.TYPE)
+        await _publish(channel, b"{}", "m-unknown", "no.such.type")
+        fails = GenerationRequested(generation_id=uuid.uuid4(), user_id=uuid.UUID(int=0))
+        await _publish(channel, fails.model_dump_json().encode(), "m-fails", fails.TYPE)
+        never = GenerationRequested(generation_id=uuid.uuid4(), user_id=uuid.UUID(int=1))
+        await _publish(channel, never.model_dump_json().encode(), "m-never", never.TYPE)
+        after = GenerationRequested(generation_id=uuid.uuid4(), user_id=uuid.uuid4())
+        await _publish(channel, after.model_dump_json().encode(), "m-after", after.TYPE)
+
+        dlq = await channel.get_queue(TEST_QUEUE.dlq)
+        dead = {(await _get(dlq, timeout=20)).message_id for _ in range(4)}
+        assert dead == {"m-garbage", "m-unknown", "m-fails", "m-never"}
+        assert seen == [good.generation_id, after.generation_id]  # once each, poison did not block
+        assert consumer.duplicates == 1
+        async with sessions() as session:
+            ids = set(
+                (
+                    await session.execute(
+                        text("SELECT message_id FROM inbox WHERE consumer = 'test'")
+                    )
+                ).scalars()
+            )
+        assert ids == {"m-good", "m-after"}  # failed handlers left no inbox entry
+        ready = await service.ready()
+        assert ready["ok"] and ready["consumers"] == {TEST_QUEUE.name: True}
+    finally:
+        await service.stop()
+    await channel.queue_delete(TEST_QUEUE.name)
+    await channel.queue_delete(TEST_QUEUE.dlq)
