@@ -36,9 +36,9 @@ async def _tap(channel: AbstractChannel, key: str) -> aio_pika.abc.AbstractQueue
 
 
 async def _get(
-    queue: aio_pika.abc.AbstractQueue, timeout: float = 10
+    queue: aio_pika.abc.AbstractQueue, within: float = 10
 ) -> aio_pika.abc.AbstractIncomingMessage:
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         message = await queue.get(fail=False)
         if message is not None:
@@ -132,7 +132,7 @@ async def test_consumer_applies_once_dead_letters_poison_and_gives_up_on_failure
         await _publish(channel, after.model_dump_json().encode(), "m-after", after.TYPE)
 
         dlq = await channel.get_queue(TEST_QUEUE.dlq)
-        dead = {(await _get(dlq, timeout=20)).message_id for _ in range(4)}
+        dead = {(await _get(dlq, within=20)).message_id for _ in range(4)}
         assert dead == {"m-garbage", "m-unknown", "m-fails", "m-never"}
         assert seen == [good.generation_id, after.generation_id]  # once each, poison did not block
         assert consumer.duplicates == 1

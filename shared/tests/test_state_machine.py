@@ -56,7 +56,7 @@ def test_every_live_state_can_fail_and_be_cancelled() -> None:
 
 
 def test_every_transition_announces_an_event() -> None:
-    for (frm, trigger), (to, events) in TRANSITIONS.items():
+    for (frm, trigger), (_, events) in TRANSITIONS.items():
         assert events, (frm, trigger)
         assert all(isinstance(e, Event) for e in events)
 
