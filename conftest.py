@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,17 +18,12 @@ from shared.settings import Settings, load_settings
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tests.support import ADMIN_KEY, free_port
+
 TEST_DB = os.environ.get("REELFLOW_TEST_DB", "reelflow_test")
 TEST_VHOST = os.environ.get("REELFLOW_TEST_VHOST", "reelflow_test")
 PG = os.environ.get("REELFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 AMQP = os.environ.get("REELFLOW_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
-ADMIN_KEY = "test-admin-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _rabbitmqctl(*args: str) -> None:
