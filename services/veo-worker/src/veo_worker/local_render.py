@@ -1,8 +1,11 @@
 """Built-in "local" video provider: renders a real H.264 MP4 showing the prompt.
 
 Everything here is synchronous and CPU-bound; callers run it via ``asyncio.to_thread``.
-Only PyAV and Pillow are used (numpy is not a dependency), so the per-frame work is
-kept to a few cheap Pillow ops on a tiny background image plus one upscale and paste.
+Only PyAV and Pillow are used (numpy is not a dependency). Full-frame work is left to
+FFmpeg: the background is drawn ~96 px wide and swscale upscales it straight into
+yuv420p. The text overlays are greyscale, so they are blended into the YUV planes
+directly (Y gets the grey level, chroma is pulled towards neutral), touching only the
+pixels under the overlays.
 """
 
 from __future__ import annotations
@@ -14,31 +17,109 @@ import math
 import os
 import pathlib
 import tempfile
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
 import av
 from av.video.frame import VideoFrame
-from av.video.reformatter import ColorRange, Colorspace, VideoReformatter
+from av.video.plane import VideoPlane
+from av.video.reformatter import ColorRange, Colorspace, Interpolation, VideoReformatter
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 __all__ = ["render_thumbnail", "render_video"]
 
-Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+_Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
+# Smaller frames are useless for a preview and not worth special-casing.
+_MIN_SIDE = 16
 # BT.709 code point for colorspace / primaries / transfer (ISO/IEC 23091-4).
 _BT709 = 1
-# The background is drawn this wide and upscaled; blur + bilinear hide the low resolution.
+# The background is drawn this wide and upscaled; blur + bicubic hide the low resolution.
 _BG_SMALL_WIDTH = 96
 # Seconds for the gradient to scroll through one full palette cycle.
 _BG_CYCLE_SECONDS = 12.0
+# Common letters/punctuation that have no Unicode decomposition to an ASCII base.
+_FALLBACKS = str.maketrans(
+    {
+        "—": "-",
+        "–": "-",
+        "‐": "-",
+        "‑": "-",
+        "−": "-",
+        "ß": "ss",
+        "ø": "o",
+        "Ø": "O",
+        "æ": "ae",
+        "Æ": "AE",
+        "œ": "oe",
+        "Œ": "OE",
+        "ł": "l",
+        "Ł": "L",
+        "€": "EUR",
+    }
+)
+# Limited-range ("MPEG") luma for an 8-bit grey level.
+_GREY_TO_LUMA = [16 + round(v * 219 / 255) for v in range(256)]
 
 
 @dataclass(frozen=True)
-class _TextLayer:
-    image: Image.Image  # RGBA panel with the wrapped prompt
-    position: tuple[int, int]
+class _Overlay:
+    """A greyscale RGBA image prepared for blending into a yuv420p frame at (x, y)."""
+
+    x: int  # even, so the chroma planes line up
+    y: int
+    luma: Image.Image  # "L", limited-range Y values
+    alpha: Image.Image  # "L"
+    chroma_alpha: Image.Image  # "L", alpha at half resolution
+    neutral: Image.Image  # "L" filled with 128: zero chroma, i.e. grey
+
+    @classmethod
+    def from_rgba(cls, image: Image.Image, x: int, y: int, frame_size: tuple[int, int]) -> _Overlay:
+        # Snap to an even offset and pad to an even size, so every chroma sample is either
+        # fully inside or outside; clip to the (even-sized) frame, since the blend writes
+        # straight into the plane buffers.
+        x, y = max(0, x - x % 2), max(0, y - y % 2)
+        size = (
+            max(0, min(image.width + image.width % 2, frame_size[0] - x)),
+            max(0, min(image.height + image.height % 2, frame_size[1] - y)),
+        )
+        padded = Image.new("RGBA", size)
+        padded.paste(image, (0, 0))
+        half = (padded.width // 2, padded.height // 2)
+        alpha = padded.getchannel("A")
+        return cls(
+            x=x,
+            y=y,
+            luma=padded.convert("L").point(_GREY_TO_LUMA),
+            alpha=alpha,
+            chroma_alpha=alpha.resize(half, Image.Resampling.BOX),
+            neutral=Image.new("L", half, 128),
+        )
+
+    def blend_into(self, frame: VideoFrame) -> None:
+        if not (self.luma.width and self.luma.height):
+            return  # clipped away entirely
+        y_plane, u_plane, v_plane = frame.planes
+        _paste_into_plane(y_plane, self.x, self.y, self.luma, self.alpha)
+        for plane in (u_plane, v_plane):
+            _paste_into_plane(plane, self.x // 2, self.y // 2, self.neutral, self.chroma_alpha)
+
+
+def _paste_into_plane(
+    plane: VideoPlane, x: int, y: int, source: Image.Image, mask: Image.Image
+) -> None:
+    """Alpha-blend ``source`` into the rectangle of ``plane`` at (x, y), in place."""
+    width, height = source.size
+    stride = plane.line_size
+    buf = memoryview(plane)  # writable view of the frame's plane
+    rows = range(y * stride + x, (y + height) * stride + x, stride)
+    region = Image.frombytes("L", source.size, b"".join(buf[r : r + width] for r in rows))
+    region.paste(source, (0, 0), mask)
+    data = region.tobytes()
+    for i, r in enumerate(rows):
+        buf[r : r + width] = data[i * width : (i + 1) * width]
 
 
 def render_video(
@@ -55,21 +136,27 @@ def render_video(
     """Render ``duration_seconds`` of H.264/yuv420p MP4 showing ``prompt`` to ``out_path``.
 
     The file is written to a temp file in the same directory and renamed into place,
-    so readers never observe a partial video.
+    so readers never observe a partial video. An exception raised by ``on_progress``
+    (e.g. on cancellation) aborts the render and removes the temp file.
     """
-    if width <= 0 or height <= 0 or width % 2 or height % 2:
-        raise ValueError(f"width/height must be positive and even for yuv420p: {width}x{height}")
+    if width < _MIN_SIDE or height < _MIN_SIDE or width % 2 or height % 2:
+        raise ValueError(
+            f"width/height must be even (yuv420p) and >= {_MIN_SIDE}: {width}x{height}"
+        )
     if duration_seconds <= 0:
         raise ValueError(f"duration_seconds must be positive: {duration_seconds}")
     if fps <= 0:
         raise ValueError(f"fps must be positive: {fps}")
 
-    digest = hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()
+    # The seed alone picks the look (so a re-render with another prompt keeps its palette);
+    # without one the prompt does, so the same prompt always looks the same.
+    palette_key = f"seed:{seed}" if seed is not None else f"prompt:{prompt}"
+    digest = hashlib.sha256(palette_key.encode()).digest()
     total_frames = duration_seconds * fps
     progress_step = max(1, total_frames // 10)
     background = _Background(width, height, digest)
     text = _layout_prompt(prompt, width, height)
-    counter_font = _font(max(10, min(width, height) // 30))
+    counter = _Counter(width, height, fps, total_frames)
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with _atomic_output(out_path) as tmp_path:
@@ -86,32 +173,32 @@ def render_video(
             # B-frames, so there is no edit list and the container duration is exact.
             stream.options = {"preset": "ultrafast", "crf": "23"}
             ctx = stream.codec_context
+            # PyAV defaults to slice threads, which make each encode() call block until
+            # the frame is done; frame threads let x264 work while we draw the next frame.
+            ctx.thread_type = "FRAME"
             ctx.time_base = Fraction(1, fps)
             ctx.colorspace = _BT709
             ctx.color_primaries = _BT709
             ctx.color_trc = _BT709
             ctx.color_range = int(ColorRange.MPEG)
             reformatter = VideoReformatter()
-            # One reused RGB frame: allocating a fresh 1080p frame costs more than filling it.
-            rgb = VideoFrame(width, height, "rgb24")
-            rgb_plane = rgb.planes[0]
 
             for index in range(total_frames):
-                image = background.frame(index / fps)
-                image.paste(text.image, text.position, text.image)
-                _draw_counter(image, counter_font, index, fps, total_frames)
-                # Convert ourselves so the pixels really are BT.709 limited range,
-                # matching the tags above (swscale would default to BT.601).
-                # tobytes with the plane's stride handles FFmpeg's row padding in one copy.
-                rgb_plane.update(image.tobytes("raw", "RGB", rgb_plane.line_size))
+                # Upscale and convert in one swscale pass, explicitly BT.709 limited range
+                # to match the tags above (swscale would default to BT.601).
                 frame = reformatter.reformat(
-                    rgb,
+                    VideoFrame.from_image(background.frame(index / fps)),
+                    width=width,
+                    height=height,
                     format="yuv420p",
                     src_colorspace=Colorspace.ITU709,
                     dst_colorspace=Colorspace.ITU709,
+                    interpolation=Interpolation.BICUBIC,
                     src_color_range=ColorRange.JPEG,
                     dst_color_range=ColorRange.MPEG,
                 )
+                text.blend_into(frame)
+                counter.overlay(index).blend_into(frame)
                 frame.pts = index
                 frame.time_base = Fraction(1, fps)
                 for packet in stream.encode(frame):
@@ -125,8 +212,10 @@ def render_video(
             container.close()
 
 
-def render_thumbnail(video_path: pathlib.Path, out_path: pathlib.Path, *, max_width: int = 640) -> None:
-    """Save a JPEG of the video's middle frame (first frame as fallback), at most ``max_width`` wide."""
+def render_thumbnail(
+    video_path: pathlib.Path, out_path: pathlib.Path, *, max_width: int = 640
+) -> None:
+    """Save a JPEG of the middle frame (first as fallback), no wider than ``max_width``."""
     if max_width <= 0:
         raise ValueError(f"max_width must be positive: {max_width}")
     with av.open(str(video_path)) as container:
@@ -186,18 +275,21 @@ def _atomic_output(out_path: pathlib.Path) -> Iterator[pathlib.Path]:
 class _Background:
     """Slowly scrolling cyclic gradient with drifting soft blobs, palette from a hash.
 
-    Drawn at ~96 px wide (sub-pixel scroll via an affine transform, so motion stays
-    smooth after upscaling) and blurred, so per-frame cost is dominated by one resize.
+    Drawn at ~96 px wide and blurred; the caller upscales it. The scroll is sub-pixel
+    (an affine transform), so motion stays smooth after upscaling.
     """
 
     def __init__(self, width: int, height: int, digest: bytes) -> None:
-        self.size = (width, height)
         self.small = (_BG_SMALL_WIDTH, max(8, round(_BG_SMALL_WIDTH * height / width)))
         sw, sh = self.small
         base_hue = digest[0] / 255
         # Mid-dark, fairly saturated colours so white text stays readable on top.
         palette = [
-            _hsv(base_hue + offset + digest[i + 1] / 2550, 0.55 + digest[i + 4] / 900, 0.42 + digest[i + 7] / 1400)
+            _hsv(
+                base_hue + offset + digest[i + 1] / 2550,
+                0.55 + digest[i + 4] / 900,
+                0.42 + digest[i + 7] / 1400,
+            )
             for i, offset in enumerate((0.0, 0.14, 0.33))
         ]
         # Two periods side by side: any window of width ``sw`` is a seamless crop.
@@ -240,12 +332,13 @@ class _Background:
             draw_overlay.ellipse(box, fill=colour)
             draw_mask.ellipse(box, fill=110)
         small.paste(overlay, (0, 0), mask)
-        return small.filter(self.blur).resize(self.size, Image.Resampling.BILINEAR)
+        return small.filter(self.blur)
 
 
-def _layout_prompt(prompt: str, width: int, height: int) -> _TextLayer:
+def _layout_prompt(prompt: str, width: int, height: int) -> _Overlay:
     """Word-wrap the prompt onto a translucent panel, shrinking the font for long prompts."""
-    text = " ".join(prompt.split()) or "(empty prompt)"
+    collapsed = " ".join(unicodedata.normalize("NFC", prompt).split())
+    text = _displayable(collapsed, _font(16)) or "(empty prompt)"
     max_text_width = int(width * 0.84)
     max_text_height = int(height * 0.6)
     # Readable relative to the frame, but capped by width so portrait frames still fit words.
@@ -277,10 +370,51 @@ def _layout_prompt(prompt: str, width: int, height: int) -> _TextLayer:
         draw.text((x + shadow, y + shadow), line, font=font, fill=(0, 0, 0, 180))
         draw.text((x, y), line, font=font, fill=(255, 255, 255, 255))
     position = ((width - panel.width) // 2, (height - panel.height) // 2)
-    return _TextLayer(panel, position)
+    return _Overlay.from_rgba(panel, *position, (width, height))
 
 
-def _wrap(text: str, font: Font, max_width: int) -> list[str]:
+def _displayable(text: str, font: _Font) -> str:
+    """Replace characters the font lacks, which would otherwise render as tofu boxes.
+
+    Pillow's bundled font covers little beyond ASCII, so accented letters fall back to
+    their base letter ("é" -> "e"), invisible format marks are dropped and anything
+    else (CJK, emoji) becomes "?".
+    """
+    notdef = _glyph(font, "\U0010ffff")
+    cache: dict[str, str] = {}
+    out: list[str] = []
+    for ch in text:
+        if ch.isascii():
+            out.append(ch)
+            continue
+        if ch not in cache:
+            if unicodedata.category(ch) in ("Mn", "Me", "Cf"):
+                cache[ch] = ""
+            elif _glyph(font, ch) != notdef:
+                cache[ch] = ch
+            else:
+                base = "".join(
+                    c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c)
+                )
+                base = base.translate(_FALLBACKS)
+                ok = base and all(c.isascii() or _glyph(font, c) != notdef for c in base)
+                cache[ch] = base if ok else "?"
+        out.append(cache[ch])
+    return " ".join("".join(out).split())
+
+
+def _glyph(font: _Font, ch: str) -> bytes | None:
+    """Rendered bitmap of one character, for comparing against the font's .notdef box."""
+    try:
+        left, top, right, bottom = (int(v) for v in font.getbbox(ch))
+        image = Image.new("L", (max(1, right - left), max(1, bottom - top)))
+        ImageDraw.Draw(image).text((-left, -top), ch, font=font, fill=255)
+    except (UnicodeError, ValueError, OSError):
+        return None  # e.g. the non-FreeType fallback font cannot encode the character
+    return image.tobytes()
+
+
+def _wrap(text: str, font: _Font, max_width: int) -> list[str]:
     """Greedy word wrap; words wider than a line are split by characters."""
     lines: list[str] = []
     current = ""
@@ -303,29 +437,53 @@ def _wrap(text: str, font: Font, max_width: int) -> list[str]:
     return lines
 
 
-def _ellipsize(line: str, font: Font, max_width: int) -> str:
+def _ellipsize(line: str, font: _Font, max_width: int) -> str:
     while line and font.getlength(line + "…") > max_width:
         line = line[:-1]
     return line.rstrip() + "…"
 
 
-def _draw_counter(image: Image.Image, font: Font, index: int, fps: int, total: int) -> None:
-    seconds, frame_in_second = divmod(index, fps)
-    label = f"{seconds // 60:02d}:{seconds % 60:02d}:{frame_in_second:02d}  {index + 1}/{total}"
-    margin = max(4, image.height // 40)
-    stroke = max(1, image.height // 360)
-    y = image.height - margin - _line_height(font)
-    ImageDraw.Draw(image).text(
-        (margin, y), label, font=font, fill=(255, 255, 255), stroke_width=stroke, stroke_fill=(0, 0, 0)
-    )
+class _Counter:
+    """Per-frame timecode (mm:ss:ff) and frame number in the bottom-left corner."""
+
+    def __init__(self, width: int, height: int, fps: int, total: int) -> None:
+        short_side = min(width, height)
+        self.font = _font(max(10, short_side // 30))
+        self.fps = fps
+        self.total = total
+        self.stroke = max(1, short_side // 360)
+        # The last label has the most digits; "8" is the widest digit in most fonts.
+        widest = self._label(total - 1).translate(str.maketrans("0123456789", "8888888888"))
+        box_width = int(self.font.getlength(widest)) + 2 * self.stroke + 2
+        self.size = (box_width, _line_height(self.font) + 2 * self.stroke)
+        margin = max(4, short_side // 40)
+        self.position = (margin, height - margin - self.size[1])
+        self.frame_size = (width, height)
+
+    def _label(self, index: int) -> str:
+        seconds, frame_in_second = divmod(index, self.fps)
+        timecode = f"{seconds // 60:02d}:{seconds % 60:02d}:{frame_in_second:02d}"
+        return f"{timecode}  {index + 1:>{len(str(self.total))}}/{self.total}"
+
+    def overlay(self, index: int) -> _Overlay:
+        image = Image.new("RGBA", self.size)
+        ImageDraw.Draw(image).text(
+            (self.stroke, self.stroke),
+            self._label(index),
+            font=self.font,
+            fill=(255, 255, 255, 255),
+            stroke_width=self.stroke,
+            stroke_fill=(0, 0, 0, 255),
+        )
+        return _Overlay.from_rgba(image, *self.position, self.frame_size)
 
 
-def _font(size: int) -> Font:
+def _font(size: int) -> _Font:
     # Pillow >= 10.1 ships a scalable default font (needs FreeType, which wheels include).
     return ImageFont.load_default(size=size)
 
 
-def _line_height(font: Font) -> int:
+def _line_height(font: _Font) -> int:
     top, bottom = font.getbbox("Ágjy|")[1::2]
     return max(1, int((bottom - top) * 1.25))
 
