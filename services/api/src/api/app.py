@@ -1,0 +1,65 @@
+"""The FastAPI application. `create_app(settings)` builds it; the lifespan wires the runtime
+(engine, sessions, outbox relay), the storage and a broker probe. Nothing runs at import time."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import aio_pika
+from fastapi import FastAPI
+from shared.logging import get_logger
+from shared.media import build_storage
+from shared.runtime import ServiceRuntime
+from shared.settings import Settings
+from starlette.middleware import Middleware
+
+from api import problems
+from api.metrics import install_runtime_metrics
+from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from api.routes import admin, generations, media, ops, seed
+
+log = get_logger("API")
+
+DESCRIPTION = """Reelflow's HTTP API: from a prompt to a finished video.
+
+Every `/v1` route and `/api/generations/{id}/status` need `Authorization: Bearer <api key>`
+(admin routes: the ADMIN_API_KEY). Errors are RFC 9457 `application/problem+json`."""
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = ServiceRuntime.build("api", settings)
+        probe: aio_pika.abc.AbstractRobustConnection | None = None
+        try:
+            await runtime.start()
+            async with runtime.sessions() as session:
+                app.state.storage = await build_storage(session, settings)
+            probe = await aio_pika.connect_robust(settings.amqp_url)
+            app.state.runtime = runtime
+            app.state.broker_probe = probe
+            app.state.metrics = install_runtime_metrics(runtime)
+            log.info("API started", url=settings.public_url, provider=settings.provider)
+            yield
+        finally:
+            if probe is not None:
+                await probe.close()
+            await runtime.close()
+            log.info("API stopped")
+
+    app = FastAPI(
+        title="Reelflow",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        middleware=[
+            Middleware(RequestContextMiddleware),
+            Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+        ],
+    )
+    app.state.settings = settings
+    problems.install(app)
+    for module in (generations, admin, seed, media, ops):
+        app.include_router(module.router)
+    return app

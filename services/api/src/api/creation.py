@@ -1,0 +1,121 @@
+"""Creating a generation: the row and its `generation.requested` message in one transaction,
+with `Idempotency-Key` replays (the unique constraint settles two concurrent first requests)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from shared.db.models import Generation, User, utcnow
+from shared.domain.pricing import UnsupportedParams, check_supported
+from shared.messages import GenerationRequested
+from shared.outbox import enqueue
+from shared.settings import Settings
+from shared.state_machine import INITIAL
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.idempotency import WINDOW, request_hash
+from api.problems import Problem, invalid
+from api.queries import ensure_conversation
+from api.schemas import CreateGeneration
+
+IDEMPOTENCY_CONSTRAINT = "uq_generations_idempotency"
+
+
+@dataclass(frozen=True)
+class Created:
+    generation: Generation
+    replayed: bool
+
+
+async def create_generation(
+    db: AsyncSession,
+    user: User,
+    body: CreateGeneration,
+    settings: Settings,
+    idempotency_key: str | None,
+) -> Created:
+    params = body.generation_params()
+    try:
+        check_supported(params, provider=settings.provider, prices=settings.price_per_second_usd)
+    except UnsupportedParams as exc:
+        raise invalid(
+            [{"field": f, "location": "body", "message": m} for f, m in exc.errors.items()],
+            "a parameter cannot be honoured by the configured provider",
+        ) from None
+    if body.conversation_id is not None:
+        await ensure_conversation(db, user.id, body.conversation_id)
+
+    digest = request_hash(body) if idempotency_key else None
+    if idempotency_key:
+        earlier = await _by_key(db, user.id, idempotency_key)
+        if earlier is not None:
+            return _replay(earlier, digest)
+        # A key older than the window may be used again: the old row lets go of it.
+        await db.execute(
+            update(Generation)
+            .where(
+                Generation.user_id == user.id,
+                Generation.idempotency_key == idempotency_key,
+                Generation.created_at < utcnow() - WINDOW,
+            )
+            .values(idempotency_key=None)
+        )
+
+    now = utcnow()
+    gen = Generation(
+        user_id=user.id,
+        conversation_id=body.conversation_id,
+        status=INITIAL.value,
+        version=1,
+        prompt=body.prompt,
+        auto_confirm=body.auto_confirm,
+        params=params.model_dump(mode="json", exclude_none=True),
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+        created_at=now,
+        updated_at=now,
+    )
+    db.add(gen)
+    enqueue(db, GenerationRequested(generation_id=gen.id, user_id=user.id))
+    try:
+        await db.commit()
+    except IntegrityError as exc:
+        await db.rollback()
+        if not idempotency_key or not _violates(exc, IDEMPOTENCY_CONSTRAINT):
+            raise
+        # A concurrent request with the same key committed first: answer with its generation.
+        winner = await _by_key(db, user.id, idempotency_key)
+        if winner is None:
+            raise
+        return _replay(winner, digest)
+    return Created(gen, replayed=False)
+
+
+async def _by_key(db: AsyncSession, user_id: uuid.UUID, key: str) -> Generation | None:
+    """The generation made with this key within the window, if any."""
+    return await db.scalar(
+        select(Generation).where(
+            Generation.user_id == user_id,
+            Generation.idempotency_key == key,
+            Generation.created_at >= utcnow() - WINDOW,
+        )
+    )
+
+
+def _replay(earlier: Generation, digest: str | None) -> Created:
+    if earlier.request_hash != digest:
+        raise Problem(
+            409,
+            "this Idempotency-Key was already used with a different request body",
+            slug="idempotency-key-reused",
+        )
+    return Created(earlier, replayed=True)
+
+
+def _violates(exc: IntegrityError, constraint: str) -> bool:
+    cause = getattr(exc.orig, "__cause__", None)
+    name = getattr(cause, "constraint_name", None)
+    return name == constraint or constraint in str(exc.orig)

@@ -1,0 +1,65 @@
+"""Reading a user's generations: one by id (optionally locked), a page newest first."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from shared.db.models import Conversation, Generation
+from shared.state_machine import Status
+from sqlalchemy import select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.problems import not_found
+
+
+async def owned_generation(
+    db: AsyncSession, user_id: uuid.UUID, generation_id: uuid.UUID, *, lock: bool = False
+) -> Generation:
+    """The user's generation, or 404 (another user's id is as unknown as a made-up one)."""
+    query = select(Generation).where(
+        Generation.id == generation_id,
+        Generation.user_id == user_id,
+    )
+    if lock:
+        query = query.with_for_update()
+    # populate_existing: a re-read after a lost race must see the row as it is now.
+    gen = await db.scalar(query.execution_options(populate_existing=True))
+    if gen is None:
+        raise not_found("generation")
+    return gen
+
+
+async def ensure_conversation(
+    db: AsyncSession, user_id: uuid.UUID, conversation_id: uuid.UUID
+) -> None:
+    found = await db.scalar(
+        select(Conversation.id).where(
+            Conversation.id == conversation_id,
+            Conversation.user_id == user_id,
+        )
+    )
+    if found is None:
+        raise not_found("conversation")
+
+
+async def page_of_generations(
+    db: AsyncSession,
+    user_id: uuid.UUID,
+    *,
+    status: Status | None,
+    limit: int,
+    after: tuple[datetime, uuid.UUID] | None,
+) -> tuple[list[Generation], bool]:
+    """Up to `limit` generations older than `after`, newest first, and whether more follow."""
+    query = select(Generation).where(Generation.user_id == user_id)
+    if status is not None:
+        query = query.where(Generation.status == status.value)
+    if after is not None:
+        query = query.where(tuple_(Generation.created_at, Generation.id) < tuple_(*after))
+    query = query.order_by(
+        Generation.created_at.desc(),
+        Generation.id.desc(),
+    ).limit(limit + 1)
+    rows = list((await db.scalars(query)).all())
+    return rows[:limit], len(rows) > limit

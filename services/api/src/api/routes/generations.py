@@ -1,0 +1,194 @@
+"""`/v1/generations`: create, read, list, and the user's moves."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+from shared.logging import get_logger, log_context
+from shared.state_machine import Status
+
+from api.creation import create_generation
+from api.deps import AppSettings, AppStorage, CurrentUser, Runtime, Session
+from api.idempotency import check_key
+from api.moves import Plan, answers_plan, cancel_plan, confirm_plan, move
+from api.pagination import decode_cursor, encode_cursor
+from api.problems import responses
+from api.queries import owned_generation, page_of_generations
+from api.schemas import CreateGeneration, GenerationOut, GenerationPage, SubmitAnswers
+from api.views import etag, etag_matches, generation_out
+
+router = APIRouter(prefix="/v1/generations", tags=["generations"])
+
+log_create = get_logger("GENERATION_CREATE")
+log_status = get_logger("GENERATION_STATUS")
+log_move = get_logger("GENERATION_MOVE")
+
+_MOVE_ERRORS = responses(401, 404, 409, 413, 422)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=GenerationOut,
+    responses=responses(401, 404, 409, 413, 422),
+    summary="Start a generation",
+)
+async def create(
+    body: CreateGeneration,
+    user: CurrentUser,
+    db: Session,
+    cfg: AppSettings,
+    runtime: Runtime,
+    storage: AppStorage,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="Same key and body within 24 h: the same generation; another body: 409",
+        ),
+    ] = None,
+) -> GenerationOut:
+    key = check_key(idempotency_key)
+    log_create.info(
+        "Request received",
+        user_id=str(user.id),
+        prompt_chars=len(body.prompt),
+        auto_confirm=body.auto_confirm,
+        conversation_id=str(body.conversation_id) if body.conversation_id else None,
+        idempotent=key is not None,
+    )
+    created = await create_generation(db, user, body, cfg, key)
+    gen = created.generation
+    with log_context(generation_id=str(gen.id)):
+        if created.replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+            log_create.info("Idempotent replay", status=gen.status)
+        else:
+            runtime.relay.wake()
+            log_create.info("Generation created", status=gen.status)
+    response.headers["Location"] = f"/v1/generations/{gen.id}"
+    response.headers["ETag"] = etag(gen)
+    return await generation_out(gen, storage)
+
+
+@router.get(
+    "",
+    response_model=GenerationPage,
+    responses=responses(401, 422),
+    summary="List your generations, newest first",
+)
+async def list_generations(
+    user: CurrentUser,
+    db: Session,
+    storage: AppStorage,
+    status: Status | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> GenerationPage:
+    after = decode_cursor(cursor) if cursor else None
+    rows, more = await page_of_generations(db, user.id, status=status, limit=limit, after=after)
+    next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
+    return GenerationPage(
+        items=[await generation_out(g, storage) for g in rows], next_cursor=next_cursor
+    )
+
+
+@router.get(
+    "/{generation_id}",
+    response_model=GenerationOut,
+    responses={304: {"description": "Not modified (If-None-Match)"}, **responses(401, 404)},
+    summary="Read a generation",
+)
+async def read(
+    generation_id: uuid.UUID,
+    user: CurrentUser,
+    db: Session,
+    storage: AppStorage,
+    response: Response,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> GenerationOut | Response:
+    gen = await owned_generation(db, user.id, generation_id)
+    tag = etag(gen)
+    headers = {"ETag": tag, "Cache-Control": "private, no-cache"}
+    with log_context(generation_id=str(gen.id)):
+        log_status.debug("Status read", status=gen.status, version=gen.version)
+    if etag_matches(if_none_match, tag):
+        return Response(status_code=304, headers=headers)
+    response.headers.update(headers)
+    return await generation_out(gen, storage)
+
+
+async def _move(
+    action: str,
+    plan: Plan,
+    generation_id: uuid.UUID,
+    user: CurrentUser,
+    db: Session,
+    runtime: Runtime,
+    storage: AppStorage,
+    response: Response,
+) -> GenerationOut:
+    with log_context(generation_id=str(generation_id)):
+        log_move.info("Request received", action=action, user_id=str(user.id))
+        gen, before = await move(db, user.id, generation_id, plan)
+        runtime.relay.wake()
+        log_move.info("Move applied", action=action, **{"from": before.value, "to": gen.status})
+    response.headers["ETag"] = etag(gen)
+    return await generation_out(gen, storage)
+
+
+@router.post(
+    "/{generation_id}/answers",
+    response_model=GenerationOut,
+    responses=_MOVE_ERRORS,
+    summary="Answer the clarifying questions (409 unless pending_clarification)",
+)
+async def answer(
+    generation_id: uuid.UUID,
+    body: SubmitAnswers,
+    user: CurrentUser,
+    db: Session,
+    cfg: AppSettings,
+    runtime: Runtime,
+    storage: AppStorage,
+    response: Response,
+) -> GenerationOut:
+    plan = answers_plan(body.answers, cfg)
+    return await _move("answers", plan, generation_id, user, db, runtime, storage, response)
+
+
+@router.post(
+    "/{generation_id}/confirm",
+    response_model=GenerationOut,
+    responses=responses(401, 404, 409),
+    summary="Confirm the spec and cost (409 unless pending_confirmation)",
+)
+async def confirm(
+    generation_id: uuid.UUID,
+    user: CurrentUser,
+    db: Session,
+    runtime: Runtime,
+    storage: AppStorage,
+    response: Response,
+) -> GenerationOut:
+    return await _move("confirm", confirm_plan, generation_id, user, db, runtime, storage, response)
+
+
+@router.post(
+    "/{generation_id}/cancel",
+    response_model=GenerationOut,
+    responses=responses(401, 404, 409),
+    summary="Cancel (409 if already completed, failed or cancelled)",
+)
+async def cancel(
+    generation_id: uuid.UUID,
+    user: CurrentUser,
+    db: Session,
+    runtime: Runtime,
+    storage: AppStorage,
+    response: Response,
+) -> GenerationOut:
+    return await _move("cancel", cancel_plan, generation_id, user, db, runtime, storage, response)
