@@ -70,15 +70,21 @@ class IdempotentConsumer(Generic[M]):
             self.relay.wake()
 
     async def _parse(self, message: RabbitMessage) -> M | None:
-        raw = message.raw_message
-        try:
-            if not raw.message_id:
-                raise UnknownMessage("message has no message_id")
-            parsed = parse_message(raw.type, raw.body)
-            if not isinstance(parsed, self.message_type):
-                raise UnknownMessage(f"{self.name} does not handle {raw.type!r}")
-        except (UnknownMessage, ValidationError, ValueError) as exc:
-            log.error("Unreadable message dead-lettered", type=raw.type, reason=str(exc)[:500])
-            await message.reject()
-            return None
-        return parsed
+        return await read_or_reject(message, self.message_type, self.name)
+
+
+async def read_or_reject(message: RabbitMessage, message_type: type[M], consumer: str) -> M | None:
+    """The parsed message, or None after rejecting it to the DLQ (no id, unknown type/version,
+    invalid body). For consumers that run their own flow instead of `IdempotentConsumer`."""
+    raw = message.raw_message
+    try:
+        if not raw.message_id:
+            raise UnknownMessage("message has no message_id")
+        parsed = parse_message(raw.type, raw.body)
+        if not isinstance(parsed, message_type):
+            raise UnknownMessage(f"{consumer} does not handle {raw.type!r}")
+    except (UnknownMessage, ValidationError, ValueError) as exc:
+        log.error("Unreadable message dead-lettered", type=raw.type, reason=str(exc)[:500])
+        await message.reject()
+        return None
+    return parsed
