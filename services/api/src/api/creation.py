@@ -37,6 +37,7 @@ async def create_generation(
     settings: Settings,
     idempotency_key: str | None,
 ) -> Created:
+    user_id = user.id  # read now: a rollback below expires the loaded user
     params = body.generation_params()
     try:
         check_supported(params, provider=settings.provider, prices=settings.price_per_second_usd)
@@ -46,18 +47,24 @@ async def create_generation(
             "a parameter cannot be honoured by the configured provider",
         ) from None
     if body.conversation_id is not None:
-        await ensure_conversation(db, user.id, body.conversation_id)
+        await ensure_conversation(db, user_id, body.conversation_id)
 
-    digest = request_hash(body) if idempotency_key else None
+    canonical = {
+        "prompt": body.prompt,
+        "conversation_id": str(body.conversation_id) if body.conversation_id else None,
+        "auto_confirm": body.auto_confirm,
+        "params": params.model_dump(mode="json", exclude_none=True),
+    }
+    digest = request_hash(canonical) if idempotency_key else None
     if idempotency_key:
-        earlier = await _by_key(db, user.id, idempotency_key)
+        earlier = await _by_key(db, user_id, idempotency_key)
         if earlier is not None:
             return _replay(earlier, digest)
         # A key older than the window may be used again: the old row lets go of it.
         await db.execute(
             update(Generation)
             .where(
-                Generation.user_id == user.id,
+                Generation.user_id == user_id,
                 Generation.idempotency_key == idempotency_key,
                 Generation.created_at < utcnow() - WINDOW,
             )
@@ -66,20 +73,20 @@ async def create_generation(
 
     now = utcnow()
     gen = Generation(
-        user_id=user.id,
+        user_id=user_id,
         conversation_id=body.conversation_id,
         status=INITIAL.value,
         version=1,
         prompt=body.prompt,
         auto_confirm=body.auto_confirm,
-        params=params.model_dump(mode="json", exclude_none=True),
+        params=canonical["params"],
         idempotency_key=idempotency_key,
         request_hash=digest,
         created_at=now,
         updated_at=now,
     )
     db.add(gen)
-    enqueue(db, GenerationRequested(generation_id=gen.id, user_id=user.id))
+    enqueue(db, GenerationRequested(generation_id=gen.id, user_id=user_id))
     try:
         await db.commit()
     except IntegrityError as exc:
@@ -87,7 +94,7 @@ async def create_generation(
         if not idempotency_key or not _violates(exc, IDEMPOTENCY_CONSTRAINT):
             raise
         # A concurrent request with the same key committed first: answer with its generation.
-        winner = await _by_key(db, user.id, idempotency_key)
+        winner = await _by_key(db, user_id, idempotency_key)
         if winner is None:
             raise
         return _replay(winner, digest)

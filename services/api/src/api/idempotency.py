@@ -1,7 +1,7 @@
 """`Idempotency-Key`: the same key and body within 24 h is the same request.
 
-The body is compared by a SHA-256 of its canonical JSON (after validation, so `{"prompt": "x"}`
-and `{"prompt": "x", "auto_confirm": false}` are the same request).
+The body is compared by a SHA-256 of its canonical JSON after validation and defaults, so
+`{"prompt": "x"}` and `{"params": {}, "prompt": "x", "auto_confirm": false}` are one request.
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ import hashlib
 import json
 import re
 from datetime import timedelta
-
-from pydantic import BaseModel
+from typing import Any
 
 from api.problems import invalid
 
@@ -35,8 +34,6 @@ def check_key(key: str | None) -> str | None:
     return key
 
 
-def request_hash(body: BaseModel) -> str:
-    canonical = json.dumps(
-        body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
+def request_hash(request: dict[str, Any]) -> str:
+    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
