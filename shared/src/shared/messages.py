@@ -108,8 +108,25 @@ class RenderReported(Message):
         return f"render.{self.kind}"
 
 
+class WebhookDeliveryRequested(Message):
+    """Notifier → notifier: make attempt number `attempt` of one webhook delivery (a row).
+
+    A copy whose `attempt` is not the delivery's next one is stale and is dropped."""
+
+    TYPE: ClassVar[str] = "webhook.delivery_requested"
+    delivery_id: uuid.UUID
+    attempt: int = Field(ge=1)
+
+
 CATALOGUE: dict[str, type[Message]] = {
-    cls.TYPE: cls for cls in (GenerationRequested, LifecycleEvent, RenderRequested, RenderReported)
+    cls.TYPE: cls
+    for cls in (
+        GenerationRequested,
+        LifecycleEvent,
+        RenderRequested,
+        RenderReported,
+        WebhookDeliveryRequested,
+    )
 }
 
 

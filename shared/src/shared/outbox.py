@@ -24,18 +24,24 @@ from shared.topology import COMMANDS, EVENTS, declare
 
 log = get_logger("OUTBOX")
 
-_COMMAND_TYPES = {"render.requested"}
+_COMMAND_TYPES = {"render.requested", "webhook.delivery_requested"}
 
 
 def enqueue(
-    session: AsyncSession, message: Message, *, headers: dict[str, Any] | None = None
+    session: AsyncSession,
+    message: Message,
+    *,
+    headers: dict[str, Any] | None = None,
+    routing_key: str | None = None,
 ) -> None:
-    """Stage `message` for publishing when the caller's transaction commits."""
+    """Stage `message` for publishing when the caller's transaction commits.
+
+    `routing_key` overrides the message's own, e.g. to park a command in a delay queue."""
     exchange = COMMANDS if message.TYPE in _COMMAND_TYPES else EVENTS
     session.add(
         OutboxMessage(
             exchange=exchange,
-            routing_key=message.routing_key,
+            routing_key=routing_key or message.routing_key,
             type=message.TYPE,
             correlation_id=str(message.generation_id),
             body=message.model_dump_json(),

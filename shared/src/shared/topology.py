@@ -54,6 +54,8 @@ ORCHESTRATOR_CONFIRMATIONS = WorkQueue(
 ORCHESTRATOR_REPORTS = WorkQueue("orchestrator.reports", EVENTS, ("render.*",))
 WORKER_RENDER = WorkQueue("worker.render", COMMANDS, ("render.requested",))
 NOTIFIER_EVENTS = WorkQueue("notifier.events", EVENTS, LIFECYCLE_KEYS)
+WEBHOOK_DELIVERY_KEY = "webhook.delivery_requested"
+NOTIFIER_DELIVERIES = WorkQueue("notifier.deliveries", COMMANDS, (WEBHOOK_DELIVERY_KEY,))
 
 WORK_QUEUES: tuple[WorkQueue, ...] = (
     ORCHESTRATOR_REQUESTS,
@@ -61,6 +63,41 @@ WORK_QUEUES: tuple[WorkQueue, ...] = (
     ORCHESTRATOR_REPORTS,
     WORKER_RENDER,
     NOTIFIER_EVENTS,
+    NOTIFIER_DELIVERIES,
+)
+
+
+@dataclass(frozen=True)
+class DelayQueue:
+    """A queue nobody consumes: a message waits `seconds`, then dead-letters to a work queue.
+
+    The TTL is the queue's, not the message's: every message in it has the same delay, so the
+    one at the head always expires first (per-message TTLs expire only at the head). Published to
+    on `exchange` with the queue's own name as routing key."""
+
+    name: str
+    seconds: int
+    exchange: str
+    target_key: str
+
+    def arguments(self) -> dict[str, Any]:
+        return {
+            "x-queue-type": "quorum",
+            "x-message-ttl": self.seconds * 1000,
+            "x-dead-letter-exchange": self.exchange,
+            "x-dead-letter-routing-key": self.target_key,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+
+
+# Webhook retries wait on a ladder of fixed delays (×4 per rung): a wait of any length is a few
+# hops down the ladder, with the due time kept in the database, so jitter, Retry-After and a
+# changed WEBHOOK_RETRY_SCHEDULE need no new queues.
+DELIVERY_WAIT_SECONDS = (1, 4, 16, 64, 256, 1024, 4096, 16384)
+DELAY_QUEUES: tuple[DelayQueue, ...] = tuple(
+    DelayQueue(f"notifier.deliveries.wait.{s}s", s, COMMANDS, WEBHOOK_DELIVERY_KEY)
+    for s in DELIVERY_WAIT_SECONDS
 )
 EXCHANGES: tuple[tuple[str, ExchangeType], ...] = (
     (EVENTS, ExchangeType.TOPIC),
@@ -76,8 +113,12 @@ def work_queue(name: str) -> WorkQueue:
     raise KeyError(name)
 
 
-async def declare(channel: AbstractChannel, queues: tuple[WorkQueue, ...] = WORK_QUEUES) -> None:
-    """Idempotently declare exchanges, the given work queues, their DLQs and bindings."""
+async def declare(
+    channel: AbstractChannel,
+    queues: tuple[WorkQueue, ...] = WORK_QUEUES,
+    delays: tuple[DelayQueue, ...] = DELAY_QUEUES,
+) -> None:
+    """Idempotently declare exchanges, the given work and delay queues, DLQs and bindings."""
     exchanges = {
         name: await channel.declare_exchange(name, kind, durable=True) for name, kind in EXCHANGES
     }
@@ -87,6 +128,9 @@ async def declare(channel: AbstractChannel, queues: tuple[WorkQueue, ...] = WORK
         queue = await channel.declare_queue(q.name, durable=True, arguments=q.arguments())
         for key in q.bindings:
             await queue.bind(exchanges[q.exchange], routing_key=key)
+    for d in delays:
+        delay = await channel.declare_queue(d.name, durable=True, arguments=d.arguments())
+        await delay.bind(exchanges[d.exchange], routing_key=d.name)
 
 
 async def declare_all(amqp_url: str) -> None:
@@ -150,6 +194,26 @@ def definitions(vhost: str = "/") -> dict[str, Any]:
                 "arguments": {},
             }
             for key in q.bindings
+        )
+    for d in DELAY_QUEUES:
+        queues.append(
+            {
+                "name": d.name,
+                "vhost": vhost,
+                "durable": True,
+                "auto_delete": False,
+                "arguments": d.arguments(),
+            }
+        )
+        bindings.append(
+            {
+                "source": d.exchange,
+                "vhost": vhost,
+                "destination": d.name,
+                "destination_type": "queue",
+                "routing_key": d.name,
+                "arguments": {},
+            }
         )
     return {
         "rabbit_version": "3.10.8",
