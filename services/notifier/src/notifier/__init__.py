@@ -1,0 +1,1 @@
+"""The notifier: lifecycle events become assistant messages and signed, retried webhooks."""

@@ -1,0 +1,58 @@
+"""Which addresses a user-registered webhook may reach (the seam for issue 4's SSRF work).
+
+The check runs on the addresses the connection is actually made to: the resolver hands the
+HTTP client only addresses that passed, and IP literals (which never reach a resolver) are
+checked before the request. `NEXTJS_URL`, set by the operator, is trusted and skips this.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Any
+
+from aiohttp import DefaultResolver
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+
+class ForbiddenAddress(OSError):
+    """The webhook URL leads to an address we refuse to call."""
+
+
+def is_forbidden(host: str) -> bool:
+    """Loopback, private, link-local (cloud metadata), CGNAT, reserved, multicast, unspecified,
+    and IPv4-mapped IPv6 forms of them."""
+    addr = ipaddress.ip_address(host.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return not addr.is_global or addr.is_multicast
+
+
+def check_literal(host: str) -> None:
+    """Raise for a forbidden IP literal; names are checked by `GuardedResolver`."""
+    try:
+        forbidden = is_forbidden(host.strip("[]"))
+    except ValueError:
+        return  # a name, not an address
+    if forbidden:
+        raise ForbiddenAddress(f"{host} is not a public address")
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves as usual, then keeps only public addresses."""
+
+    def __init__(self, inner: AbstractResolver | None = None) -> None:
+        self._inner = inner or DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        allowed = [r for r in results if not is_forbidden(r["host"])]
+        if not allowed:
+            refused = ", ".join(sorted({r["host"] for r in results}))
+            raise ForbiddenAddress(f"{host} resolves only to non-public addresses ({refused})")
+        return allowed
+
+    async def close(self, *args: Any) -> None:
+        await self._inner.close()
