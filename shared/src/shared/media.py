@@ -104,7 +104,9 @@ async def load_signing_secret(session: AsyncSession, settings: Settings) -> byte
 
 async def build_storage(session: AsyncSession, settings: Settings) -> Storage:
     if settings.storage_backend == "s3":
-        raise NotImplementedError("STORAGE_BACKEND=s3 arrives with the S3 storage issue")
+        from shared.s3_storage import S3Storage  # aioboto3 is imported only when used
+
+        return S3Storage(settings)
     signer = LinkSigner(
         await load_signing_secret(session, settings), settings.media_url_ttl_seconds
     )
