@@ -1,0 +1,192 @@
+"""Duplicates, cancellation, refusals, failures, crashes: each ends once and cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from conftest import Bus, Eventually, Rows, Running, RunWorker
+
+
+@pytest.fixture
+def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The worker's temp dirs go here, so a test can see that none is left behind."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return tmp_path
+
+
+async def test_the_same_command_delivered_twice_renders_once(
+    worker: Running, bus: Bus, rows: Rows, eventually: Eventually
+) -> None:
+    reports = await bus.reports()
+    command = await rows.command()
+    message_id = await bus.render(command)
+    await bus.render(command, message_id=message_id)  # both in flight at once (prefetch 2)
+    await eventually(lambda: sum(worker.runner.outcomes.values()) == 2)
+    assert worker.runner.outcomes["succeeded"] == 1
+    await bus.render(command)  # and a later copy with another id
+    await eventually(lambda: sum(worker.runner.outcomes.values()) == 3)
+    assert worker.runner.outcomes["succeeded"] == 1
+    await asyncio.sleep(0.5)  # let any (wrong) extra report arrive
+    kinds = reports.kinds(command.generation_id)
+    assert kinds.count("started") == 1 and kinds.count("succeeded") == 1
+    job = await rows.job(command.generation_id)
+    assert job is not None and (job.status, job.attempts) == ("succeeded", 1)
+
+
+async def test_a_cancelled_generation_is_not_rendered(
+    worker: Running, bus: Bus, rows: Rows, eventually: Eventually, prepared: Settings
+) -> None:
+    reports = await bus.reports()
+    command = await rows.command(status="cancelled")
+    await bus.render(command)
+    await eventually(lambda: worker.runner.outcomes["cancelled"] == 1)
+    assert await rows.job_status(command.generation_id) == "cancelled"
+    await asyncio.sleep(0.5)
+    assert reports.kinds(command.generation_id) == []
+    assert not (Path(prepared.local_storage_dir) / "videos" / str(command.user_id)).exists()
+
+
+async def test_cancel_during_the_render_stops_it(
+    worker: Running, bus: Bus, rows: Rows, eventually: Eventually, scratch: Path, prepared: Settings
+) -> None:
+    reports = await bus.reports()
+    command = await rows.command(rows.spec(duration_seconds=8, resolution="1080p"))
+    await bus.render(command)
+    await eventually(lambda: "progress" in reports.kinds(command.generation_id))
+    await rows.set_status(command.generation_id, "cancelled")
+    await eventually(lambda: worker.runner.outcomes["cancelled"] == 1)
+    assert await rows.job_status(command.generation_id) == "cancelled"
+    await asyncio.sleep(0.5)
+    kinds = reports.kinds(command.generation_id)
+    assert "succeeded" not in kinds and "failed" not in kinds
+    generating = [r.progress.percent for r in reports.of(command.generation_id) if r.progress]
+    assert max(p or 0 for p in generating) < 100  # stopped mid-render, not after it
+    assert os.listdir(scratch) == []  # temp files removed
+    assert not (Path(prepared.local_storage_dir) / "videos" / str(command.user_id)).exists()
+
+
+async def test_a_spec_the_provider_refuses_fails_as_invalid_request(
+    worker: Running, bus: Bus, rows: Rows, eventually: Eventually
+) -> None:
+    reports = await bus.reports()
+    command = await rows.command(rows.spec(model="veo-3.1-fast-generate-preview"))
+    await bus.render(command)
+    await eventually(lambda: reports.kinds(command.generation_id))
+    assert reports.kinds(command.generation_id) == ["failed"]  # refused before starting
+    error = reports.of(command.generation_id)[0].error
+    assert error is not None and error.code == "invalid_request"
+    assert await rows.job_status(command.generation_id) == "failed"
+
+
+async def test_a_render_failure_is_reported_failed_not_retried(
+    prepared: Settings,
+    running_worker: RunWorker,
+    bus: Bus,
+    rows: Rows,
+    eventually: Eventually,
+    tmp_path: Path,
+    scratch: Path,
+) -> None:
+    not_a_folder = tmp_path / "media-is-a-file"
+    not_a_folder.write_text("storing under this path fails")
+    broken = prepared.model_copy(update={"local_storage_dir": not_a_folder})
+    async with running_worker(broken) as worker:
+        reports = await bus.reports()
+        command = await rows.command()
+        await bus.render(command)
+        await eventually(lambda: "failed" in reports.kinds(command.generation_id))
+        await asyncio.sleep(0.5)
+        assert worker.runner.outcomes == {"failed": 1}  # once: no redelivery loop
+        assert await bus.queue_depth("worker.render") == 0
+        assert await bus.queue_depth("worker.render.dlq") == 0
+    kinds = reports.kinds(command.generation_id)
+    assert kinds[0] == "started" and kinds[-1] == "failed" and "succeeded" not in kinds
+    error = reports.of(command.generation_id)[-1].error
+    assert error is not None and error.code == "internal" and "upload failed" in error.message
+    job = await rows.job(command.generation_id)
+    assert job is not None and job.status == "failed" and job.error == error.model_dump()
+    assert os.listdir(scratch) == [not_a_folder.name]
+
+
+async def test_a_job_left_running_by_a_crash_is_rendered_again(
+    worker: Running, bus: Bus, rows: Rows, eventually: Eventually
+) -> None:
+    reports = await bus.reports()
+    command = await rows.command()
+    await rows.add_job(command, status="running", attempts=1)
+    await bus.render(command)  # the redelivered command
+    await eventually(lambda: "succeeded" in reports.kinds(command.generation_id))
+    job = await rows.job(command.generation_id)
+    assert job is not None and (job.status, job.attempts) == ("succeeded", 2)
+
+
+async def test_a_job_interrupted_too_often_fails_instead_of_looping(
+    worker: Running, bus: Bus, rows: Rows, eventually: Eventually
+) -> None:
+    reports = await bus.reports()
+    command = await rows.command()
+    await rows.add_job(command, status="running", attempts=3)
+    await bus.render(command)
+    await eventually(lambda: reports.kinds(command.generation_id))
+    assert reports.kinds(command.generation_id) == ["failed"]
+    error = reports.of(command.generation_id)[0].error
+    assert error is not None and error.code == "internal" and "interrupted 3 times" in error.message
+
+
+async def test_an_unreadable_command_is_dead_lettered_and_does_not_block(
+    worker: Running, bus: Bus, rows: Rows, eventually: Eventually
+) -> None:
+    reports = await bus.reports()
+    await bus.publish_raw(b"\x00garbage", type_="render.requested", message_id="poison-1")
+    await bus.publish_raw(b"{}", type_="render.requested", message_id="poison-2")
+    command = await rows.command()
+    await bus.render(command)
+    await eventually(lambda: "succeeded" in reports.kinds(command.generation_id))
+    await eventually(lambda: bus.queue_depth("worker.render.dlq"), within=10)
+    assert await bus.queue_depth("worker.render.dlq") == 2
+    dlq = await bus.channel.get_queue("worker.render.dlq")
+    await dlq.purge()
+
+
+async def test_a_worker_killed_mid_render_is_resumed_by_another(
+    prepared: Settings,
+    env: dict[str, str],
+    running_worker: RunWorker,
+    reelflow_bin: str,
+    bus: Bus,
+    rows: Rows,
+    eventually: Eventually,
+) -> None:
+    """kill -9 a worker process mid-render: the unacked command goes to the next worker, which
+    finds the job running (the dead worker's lock went with its connection) and renders it."""
+    reports = await bus.reports()
+    command = await rows.command(rows.spec(duration_seconds=8, resolution="1080p"))
+    process = subprocess.Popen(
+        [reelflow_bin, "worker"],
+        env={**os.environ, **env, "WORKER_METRICS_PORT": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await bus.render(command)
+        await eventually(lambda: "progress" in reports.kinds(command.generation_id))
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+    assert "succeeded" not in reports.kinds(command.generation_id)
+    async with running_worker(prepared) as worker:
+        await eventually(lambda: "succeeded" in reports.kinds(command.generation_id))
+        assert worker.runner.outcomes == {"succeeded": 1}
+    job = await rows.job(command.generation_id)
+    assert job is not None and (job.status, job.attempts) == ("succeeded", 2)
+    assert reports.kinds(command.generation_id).count("started") == 2
