@@ -62,7 +62,9 @@ def judge(
         return Verdict(Next.FAILED)
     wait = jittered(schedule[attempt - 1], rng)
     if outcome.retry_after is not None:
-        wait = max(wait, min(outcome.retry_after, MAX_RETRY_AFTER_SECONDS))
+        # Plus the tolerance, so a slightly early wake-up still never calls before it.
+        asked = min(outcome.retry_after, MAX_RETRY_AFTER_SECONDS) + DUE_TOLERANCE_SECONDS
+        wait = max(wait, asked)
     return Verdict(Next.RETRY, wait)
 
 
