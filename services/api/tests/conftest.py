@@ -4,6 +4,7 @@ and vhost, driven in-process through httpx's ASGI transport."""
 from __future__ import annotations
 
 import json
+import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -15,6 +16,13 @@ from fastapi import FastAPI
 from shared.settings import Settings
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
 
 ADMIN_HEADERS = {"Authorization": "Bearer test-admin-key"}
 PROBLEM_JSON = "application/problem+json"
@@ -129,7 +137,7 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     assert body["type"].startswith("tag:reelflow")
     assert isinstance(body["title"], str) and body["title"]
     assert isinstance(body["detail"], str) and body["detail"]
-    return body  # type: ignore[no-any-return]
+    return body
 
 
 @pytest.fixture

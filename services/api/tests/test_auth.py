@@ -98,6 +98,7 @@ async def no_admin_client(prepared: Settings) -> AsyncIterator[httpx.AsyncClient
 async def test_admin_routes_are_off_without_an_admin_key(
     no_admin_client: httpx.AsyncClient, problem: Problem
 ) -> None:
-    for headers in ({}, ADMIN_HEADERS):
+    no_key: dict[str, str] = {}
+    for headers in (no_key, ADMIN_HEADERS):
         r = await no_admin_client.post("/v1/admin/users", json={"name": "x"}, headers=headers)
         problem(r, 404)

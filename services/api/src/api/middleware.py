@@ -14,6 +14,7 @@ from api.problems import problem_response
 
 log = get_logger("HTTP")
 
+DRAIN_LIMIT_BYTES = 1024 * 1024
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -87,22 +88,23 @@ class BodyLimitMiddleware:
             return
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(scope, receive, send)
+            drain = int(declared) <= DRAIN_LIMIT_BYTES
+            await self._too_large(scope, receive, send, drain=drain)
             return
         chunks: list[bytes] = []
         size = 0
-        while True:
+        more = True
+        while more:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
             body = message.get("body", b"")
+            more = message.get("more_body", False)
             size += len(body)
             if size > self.max_bytes:
-                await self._too_large(scope, receive, send)
+                await self._too_large(scope, receive, send, drain=more)
                 return
             chunks.append(body)
-            if not message.get("more_body", False):
-                break
         replayed = False
 
         async def replay() -> Message:
@@ -114,10 +116,19 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, *, drain: bool) -> None:
+        # Many clients (httpx among them) read no response before their upload is done: read
+        # and drop a modest rest so they see the 413; past that, answer and close.
+        drained = 0
+        while drain and drained <= DRAIN_LIMIT_BYTES:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            drained += len(message.get("body", b""))
+            drain = message.get("more_body", False)
         response = problem_response(
             413,
             f"the request body is larger than {self.max_bytes} bytes",
-            headers={"Connection": "close"},
+            headers={"Connection": "close"} if drain else None,
         )
         await response(scope, receive, send)

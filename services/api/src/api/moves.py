@@ -76,7 +76,7 @@ def cancel_plan(gen: Generation) -> tuple[Trigger, dict[str, Any]]:
     return Trigger.CANCEL, {}
 
 
-def answers_plan(answers: dict[str, str | int], settings: Settings) -> Plan:
+def answers_plan(answers: dict[str, str], settings: Settings) -> Plan:
     """Validate the answers against the open questions, then finish the spec and its cost.
 
     The asked questions stay on the row (the client shows them beside their answers); the
@@ -96,7 +96,7 @@ def answers_plan(answers: dict[str, str | int], settings: Settings) -> Plan:
             )
         questions = [Question.model_validate(q) for q in gen.questions]
         try:
-            clean = clarifier.check_answers(questions, {k: str(v) for k, v in answers.items()})
+            clean = clarifier.check_answers(questions, answers)
         except clarifier.InvalidAnswer as exc:
             raise invalid(
                 [

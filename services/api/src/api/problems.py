@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from shared.logging import get_logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "tag:reelflow,2026:problems/"
@@ -158,7 +159,7 @@ async def _on_validation(_: Request, exc: Exception) -> Response:
     return problem_response(422, "the request is invalid", errors=errors)
 
 
-async def _on_http(_: Request, exc: Exception) -> Response:
+async def _on_http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
     if status == 400 and exc.detail == "There was an error parsing the body":
@@ -174,7 +175,21 @@ async def _on_http(_: Request, exc: Exception) -> Response:
         detail = "no such route"
     elif status == 405:
         detail = "method not allowed on this route"
+        return problem_response(status, detail, headers={"Allow": _allowed(request)})
     return problem_response(status, detail, headers=exc.headers)
+
+
+def _allowed(request: Request) -> str:
+    """Every method some route serves at this path (Starlette names only the first route's)."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in _METHODS
+        if any(r.matches({**request.scope, "method": method})[0] == Match.FULL for r in routes)
+    )
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
 def install(app: FastAPI) -> None:

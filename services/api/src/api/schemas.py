@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
 from pydantic_core import PydanticCustomError
 from shared.schemas import (
     ErrorCode,
@@ -64,7 +64,18 @@ class CreateGeneration(Body):
 
 
 AnswerKey = Annotated[Text, Field(min_length=1, max_length=100)]
-AnswerValue = Annotated[Text, Field(max_length=2000)] | StrictInt
+
+
+def _answer_value(value: object) -> object:
+    """A choice may come as a number (`8` for "8"); anything else but a string is refused."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise PydanticCustomError("answer_type", "must be a string or a whole number")
+    return value
+
+
+AnswerValue = Annotated[Text, BeforeValidator(_answer_value), Field(max_length=2000)]
 
 
 class SubmitAnswers(Body):

@@ -132,10 +132,10 @@ async def _move(
     response: Response,
 ) -> GenerationOut:
     with log_context(generation_id=str(generation_id)):
-        log_move.info("Request received", action=action, user_id=str(user.id))
+        log_move.info("Request received", move=action, user_id=str(user.id))
         gen, before = await move(db, user.id, generation_id, plan)
         runtime.relay.wake()
-        log_move.info("Move applied", action=action, **{"from": before.value, "to": gen.status})
+        log_move.info("Move applied", move=action, **{"from": before.value, "to": gen.status})
     response.headers["ETag"] = etag(gen)
     return await generation_out(gen, storage)
 

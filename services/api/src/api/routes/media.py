@@ -22,9 +22,8 @@ log = get_logger("MEDIA")
 _TYPES = {".mp4": "video/mp4", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
 
-@router.api_route(
+@router.get(
     "/media/{key:path}",
-    methods=["GET", "HEAD"],
     responses={206: {"description": "Partial content (Range)"}, **responses(403, 404)},
     response_class=FileResponse,
     summary="A stored video or thumbnail, by signed link",
@@ -55,3 +54,6 @@ async def media(
     return FileResponse(
         path, media_type=media_type, headers={"Cache-Control": f"private, max-age={max_age}"}
     )
+
+
+router.add_api_route("/media/{key:path}", media, methods=["HEAD"], include_in_schema=False)
