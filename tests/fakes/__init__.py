@@ -1,0 +1,1 @@
+"""Fakes of third-party services, as real local servers (see README.md)."""
