@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from typing import Any
@@ -359,3 +360,30 @@ async def test_answers_price_the_spec_with_the_model_price_table(
     price = prepared.price_per_second_usd["veo-3.1-generate-preview"]
     assert Decimal(str(r.json()["estimated_cost_usd"])) == price * 8
     assert r.json()["spec"]["generate_audio"] is True
+
+
+async def test_concurrent_moves_apply_once(
+    client: httpx.AsyncClient,
+    user: dict[str, Any],
+    create: Create,
+    set_row: SetRow,
+    row: Row,
+    outbox: Outbox,
+) -> None:
+    gen = await create("a fox")
+    await set_row(gen["id"], status="pending_confirmation", version=3)
+    url = f"/v1/generations/{gen['id']}"
+    responses = await asyncio.gather(
+        *(client.post(f"{url}/confirm", headers=user["headers"]) for _ in range(4)),
+        *(client.post(f"{url}/cancel", headers=user["headers"]) for _ in range(4)),
+    )
+    codes = sorted(r.status_code for r in responses)
+    # Whatever wins first, exactly one confirm and at most one cancel (after it) succeed.
+    after = await row(gen["id"])
+    moved = [r for r in responses if r.status_code == 200]
+    assert all(r.status_code in (200, 409) for r in responses), codes
+    assert after["version"] == 3 + len(moved)
+    assert after["status"] in ("confirmed", "cancelled")
+    routing = [m["routing_key"] for m in await outbox(gen["id"])][1:]
+    assert len(routing) == len(moved)
+    assert routing.count("generation.confirmed") <= 1 and routing.count("generation.cancelled") <= 1

@@ -4,6 +4,7 @@ graceful exit on SIGTERM)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -97,6 +98,10 @@ async def test_serve_runs_uvicorn_and_stops_cleanly_on_sigterm(
             assert r.headers["content-type"].startswith("application/problem+json")
             r = await http.post("/v1/admin/users", json={"name": "sam"}, headers=ADMIN_HEADERS)
             assert r.status_code == 201
+            key = {"Authorization": f"Bearer {r.json()['api_key']}", "X-Request-ID": "it-req-1"}
+            r = await http.post("/v1/generations", json={"prompt": "a fox"}, headers=key)
+            assert r.status_code == 201 and r.headers["x-request-id"] == "it-req-1"
+            gen_id = r.json()["id"]
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(30):
             code_ = await proc.wait()
@@ -104,6 +109,11 @@ async def test_serve_runs_uvicorn_and_stops_cleanly_on_sigterm(
         assert proc.stderr is not None
         log = (await proc.stderr.read()).decode()
         assert "[API] API stopped" in log, log
+        # The seed's `[COMPONENT] Action {context}` lines, carrying the request's ids.
+        created = next(line for line in log.splitlines() if "Generation created" in line)
+        assert created.startswith("[GENERATION_CREATE] Generation created {")
+        context = json.loads(created.split(" ", 3)[3])
+        assert context["request_id"] == "it-req-1" and context["generation_id"] == gen_id
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -15,6 +15,7 @@ from api.problems import problem_response
 log = get_logger("HTTP")
 
 DRAIN_LIMIT_BYTES = 1024 * 1024
+_QUIET = frozenset({"/healthz", "/readyz", "/metrics"})  # probes: logged at debug only
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -65,7 +66,7 @@ class RequestContextMiddleware:
                 metrics = getattr(getattr(scope.get("app"), "state", None), "metrics", None)
                 if metrics is not None:
                     metrics.observe(scope["method"], template, status, elapsed)
-                log.info(
+                (log.debug if template in _QUIET else log.info)(
                     "Request handled",
                     method=scope["method"],
                     route=template,
