@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 import uuid
 
+import aio_pika
+from aio_pika.abc import DeliveryMode
 from shared.db.models import ChatMessage, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from shared.messages import WebhookDeliveryRequested
 from shared.state_machine import Event, Status
+from shared.topology import COMMANDS, WEBHOOK_DELIVERY_KEY
 from sqlalchemy import select
 from standardwebhooks import Webhook
 
@@ -247,3 +251,54 @@ async def test_an_endpoint_with_a_rotated_secret_is_signed_with_the_current_one(
     Webhook(endpoint.secret).verify(first.body, first.headers)
     Webhook(rotated).verify(retry.body, retry.headers)
     assert first.headers["webhook-id"] == retry.headers["webhook-id"]
+
+
+async def test_a_restarted_notifier_still_makes_the_retry_once(
+    world: World, notifier, receivers, publish
+) -> None:
+    nextjs = await receivers(script=[500])
+    first = await notifier(NEXTJS_URL=nextjs.base, WEBHOOK_RETRY_SCHEDULE="2")
+    await publish(lifecycle(world.generation, Event.CANCELLED, Status.CANCELLED))
+    await eventually(lambda: _count(nextjs.hits, 1))
+    (pending,) = await deliveries(world)
+    await eventually(lambda: _attempted(world, pending.id, 1))
+    await first.stop()  # the retry now waits in a delay queue, with nobody running
+    await notifier(NEXTJS_URL=nextjs.base, WEBHOOK_RETRY_SCHEDULE="2")
+    (delivery,) = await eventually(finished(world), within=30)
+    assert delivery.status == "succeeded"
+    assert [a.status_code for a in await attempts(world, delivery.id)] == [500, 200]
+    assert len(nextjs.hits) == 2
+
+
+async def _attempted(world: World, delivery_id: uuid.UUID, n: int) -> bool:
+    return len(await attempts(world, delivery_id)) >= n
+
+
+async def test_a_stale_copy_of_a_delivery_command_makes_no_extra_call(
+    world: World, notifier, receivers, publish, channel
+) -> None:
+    nextjs = await receivers(script=[500])
+    await notifier(NEXTJS_URL=nextjs.base, WEBHOOK_RETRY_SCHEDULE="2")
+    await publish(lifecycle(world.generation, Event.CANCELLED, Status.CANCELLED))
+    await eventually(lambda: _count(nextjs.hits, 1))
+    (delivery,) = await deliveries(world)
+    await eventually(lambda: _attempted(world, delivery.id, 1))
+    # While the retry waits, a copy of the first attempt's command turns up again.
+    command = WebhookDeliveryRequested(
+        generation_id=world.generation.id, delivery_id=delivery.id, attempt=1
+    )
+    exchange = await channel.get_exchange(COMMANDS)
+    await exchange.publish(
+        aio_pika.Message(
+            command.model_dump_json().encode(),
+            message_id=str(uuid.uuid4()),
+            type=command.TYPE,
+            delivery_mode=DeliveryMode.PERSISTENT,
+        ),
+        routing_key=WEBHOOK_DELIVERY_KEY,
+        mandatory=True,
+    )
+    (done,) = await eventually(finished(world), within=30)
+    assert done.status == "succeeded"
+    assert [a.status_code for a in await attempts(world, delivery.id)] == [500, 200]
+    assert len(nextjs.hits) == 2
