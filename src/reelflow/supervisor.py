@@ -19,8 +19,15 @@ RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0)
 async def _child(name: str, stopping: asyncio.Event) -> None:
     failures = 0
     while not stopping.is_set():
+        # A session of its own: Ctrl-C reaches only the supervisor, which stops the children
+        # in order with SIGTERM instead of every process reacting to the same SIGINT at once.
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "reelflow.cli", name, env=os.environ.copy()
+            sys.executable,
+            "-m",
+            "reelflow.cli",
+            name,
+            env=os.environ.copy(),
+            start_new_session=True,
         )
         log.info("Service started", service=name, pid=proc.pid)
         waiter = asyncio.create_task(proc.wait())

@@ -115,6 +115,8 @@ async def test_fresh_clone_make_run_serves_and_completes(
             raise
         log.close()
     output = (clone / "make-run.log").read_text()
-    assert code in (0, 130, 2), output[-3000:]  # make reports the interrupt as 2 or 130
+    # make itself dies of the SIGINT (-2) or reports it (2, 130); the services stop cleanly.
+    assert code in (0, 130, 2, -2), output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
     for service in ("api", "orchestrator", "worker", "notifier"):
         assert f'"service": "{service}"' in output

@@ -55,9 +55,12 @@ class LinkSigner:
         return {"exp": str(expires), "sig": self._mac(key, expires)}
 
     def verify(self, key: str, exp: str, sig: str, now: float | None = None) -> bool:
-        if not exp.isdigit() or int(exp) < (now or time.time()):
+        # isascii: int() accepts other digits ("²"), compare_digest refuses non-ASCII str.
+        if not (exp.isascii() and exp.isdigit() and sig.isascii()):
             return False
-        return hmac.compare_digest(self._mac(key, int(exp)), sig)
+        if int(exp) < (now or time.time()):
+            return False
+        return hmac.compare_digest(self._mac(key, int(exp)).encode(), sig.encode())
 
 
 class LocalStorage:
