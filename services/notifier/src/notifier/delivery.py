@@ -222,7 +222,7 @@ class Deliverer:
         if verdict.next == Next.SUCCEEDED:
             await finish(session, delivery.id, "succeeded")
             self.metrics.finished.labels("succeeded").inc()
-            log.info("Webhook delivered", latency_ms=outcome.latency_ms, url=delivery.url)
+            log.info("Webhook delivered", latency_ms=outcome.latency_ms, target=delivery.target)
         elif verdict.next == Next.RETRY:
             assert verdict.wait_seconds is not None
             due = started + timedelta(milliseconds=outcome.latency_ms, seconds=verdict.wait_seconds)
