@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aio_pika
 import asyncpg
 import pytest
 from shared.db.engine import make_engine, make_sessionmaker
@@ -90,8 +91,27 @@ TABLES = (
 )
 
 
+async def purge_queues(amqp_url: str) -> None:
+    """Empty every queue of the topology, so no test sees another's leftover messages."""
+    from shared.topology import DELAY_QUEUES, WORK_QUEUES
+
+    names = [n for q in WORK_QUEUES for n in (q.name, q.dlq)] + [q.name for q in DELAY_QUEUES]
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        for name in names:
+            channel = await connection.channel()
+            try:
+                queue = await channel.declare_queue(name, passive=True)
+                await queue.purge()
+                await channel.close()
+            except aio_pika.exceptions.ChannelClosed:
+                pass  # not declared yet in this vhost
+
+
 @pytest.fixture
-async def clean_db(sessions: async_sessionmaker[AsyncSession]) -> None:
+async def clean_db(sessions: async_sessionmaker[AsyncSession], prepared: Settings) -> None:
+    """A clean slate: empty tables and empty queues."""
+    await purge_queues(prepared.amqp_url)
     async with sessions() as session, session.begin():
         await session.execute(text(f"TRUNCATE {TABLES} CASCADE"))
 
