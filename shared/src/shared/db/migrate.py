@@ -22,7 +22,8 @@ def alembic_config(settings: Settings) -> Config:
 
 
 def _upgrade(settings: Settings) -> None:
-    command.upgrade(alembic_config(settings), "head")
+    # "heads": parallel branches of revisions (merged later) all apply.
+    command.upgrade(alembic_config(settings), "heads")
 
 
 async def migrate(settings: Settings) -> None:
