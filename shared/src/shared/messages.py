@@ -111,11 +111,13 @@ class RenderReported(Message):
 class WebhookDeliveryRequested(Message):
     """Notifier → notifier: make attempt number `attempt` of one webhook delivery (a row).
 
-    A copy whose `attempt` is not the delivery's next one is stale and is dropped."""
+    A copy whose `attempt` is not the delivery's next one is stale and is dropped. `manual`: a
+    redelivery someone asked for through the API, one attempt with no retries of its own."""
 
     TYPE: ClassVar[str] = "webhook.delivery_requested"
     delivery_id: uuid.UUID
     attempt: int = Field(ge=1)
+    manual: bool = False
 
 
 CATALOGUE: dict[str, type[Message]] = {

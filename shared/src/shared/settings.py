@@ -90,6 +90,18 @@ class Settings(BaseSettings):
     webhook_allow_private_networks: bool = Field(
         False, validation_alias="WEBHOOK_ALLOW_PRIVATE_NETWORKS"
     )
+    # After a secret rotation the old secret signs alongside the new one for this long.
+    webhook_secret_rotation_grace_seconds: int = Field(
+        86_400, ge=0, validation_alias="WEBHOOK_SECRET_ROTATION_GRACE_SECONDS"
+    )
+    # An endpoint whose every attempt failed for this long (no success since) is disabled.
+    webhook_disable_after_seconds: float = Field(
+        5 * 86_400, gt=0, validation_alias="WEBHOOK_DISABLE_AFTER_SECONDS"
+    )
+    # Attempts one notifier process makes at once to one endpoint; more wait their turn.
+    webhook_max_in_flight_per_endpoint: int = Field(
+        8, ge=1, le=64, validation_alias="WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT"
+    )
 
     log_format: Literal["console", "json"] = Field("console", validation_alias="LOG_FORMAT")
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")

@@ -156,7 +156,9 @@ class RenderJob(SQLModel, table=True):
 
 
 class WebhookEndpoint(SQLModel, table=True):
-    """Owner: API (registration), notifier (disabling)."""
+    """Owner: API (registration, rotation, deletion), notifier (failure tracking, disabling).
+
+    `status`: active, disabled, or deleted (kept for the delivery log; the API hides it)."""
 
     __tablename__ = "webhook_endpoints"
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -165,17 +167,24 @@ class WebhookEndpoint(SQLModel, table=True):
     events: list[str] | None = _json()
     description: str | None = Field(default=None, max_length=500)
     secret: str = Field(max_length=200)
+    # The secret before the last rotation: it still signs, beside `secret`, until it expires.
+    previous_secret: str | None = Field(default=None, max_length=200)
+    previous_secret_expires_at: datetime | None = _ts(nullable=True)
     status: str = Field(default="active", max_length=16)
     disabled_reason: str | None = Field(default=None, max_length=500)
+    # The first failed attempt with no successful one since (None while it works).
+    failing_since: datetime | None = _ts(nullable=True)
     created_at: datetime = _ts(nullable=False, default=utcnow)
 
 
 class WebhookDelivery(SQLModel, table=True):
-    """Owner: notifier. One lifecycle event to one endpoint (or to `NEXTJS_URL`)."""
+    """Owner: notifier. One lifecycle event to one endpoint (or to `NEXTJS_URL`). The API only
+    re-opens a finished one (status → pending) when asked to redeliver it."""
 
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
         sa.UniqueConstraint("webhook_id", "target", name="uq_webhook_deliveries_target"),
+        sa.Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at", "id"),
     )
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     webhook_id: str = Field(max_length=64, index=True)  # stable across retries
