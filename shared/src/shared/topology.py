@@ -8,6 +8,11 @@ needed, are TTL queues that dead-letter back to a work queue.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,9 +144,10 @@ async def declare_all(amqp_url: str) -> None:
         await declare(await connection.channel())
 
 
-def definitions(vhost: str = "/") -> dict[str, Any]:
-    """The same topology in the management plugin's definitions.json format."""
-    exchanges = [
+def definitions(vhost: str = "/", passwords: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The same topology in the management plugin's definitions.json format, with one user per
+    service (`users`); `passwords` (service → password) hashes theirs in."""
+    exchanges: list[dict[str, Any]] = [
         {
             "name": name,
             "vhost": vhost,
@@ -217,6 +223,7 @@ def definitions(vhost: str = "/") -> dict[str, Any]:
         )
     return {
         "rabbit_version": "3.10.8",
+        **users(vhost, passwords),
         "vhosts": [{"name": vhost}],
         "exchanges": exchanges,
         "queues": queues,
@@ -224,7 +231,136 @@ def definitions(vhost: str = "/") -> dict[str, Any]:
     }
 
 
-if __name__ == "__main__":  # `make definitions`
+# One RabbitMQ user per service. Each may consume only its own queues and publish only to the
+# exchanges it uses, and on the topic exchange only its own routing keys (topic permissions), so a
+# compromised worker cannot forge `generation.completed`. Every process still redeclares the whole
+# topology at start (the outbox relay's `declare`), which needs `configure` on every topology name,
+# `write` on every queue (queue.bind) and `read` on every exchange (the binding's source); that
+# grants no consuming and no publishing. The API's own per-instance queues live under `api.`.
+PUBLISHES: dict[str, dict[str, tuple[str, ...]]] = {
+    "api": {EVENTS: ("generation.requested", *LIFECYCLE_KEYS)},
+    "orchestrator": {EVENTS: LIFECYCLE_KEYS, COMMANDS: ("render.requested",)},
+    "worker": {EVENTS: ORCHESTRATOR_REPORTS.bindings},
+    "notifier": {COMMANDS: (WEBHOOK_DELIVERY_KEY, *(d.name for d in DELAY_QUEUES))},
+}
+SERVICES = tuple(PUBLISHES)
+PRIVATE_PREFIX = {"api": "api."}  # exclusive, auto-delete queues a service names itself
+PASSWORD_ENV_PREFIX = "RABBITMQ_PASSWORD_"
+
+
+def user_name(service: str) -> str:
+    return f"reelflow-{service}"
+
+
+def password_env(service: str) -> str:
+    """`RABBITMQ_PASSWORD_REELFLOW_API` and so on: read by `python -m shared.topology`."""
+    return PASSWORD_ENV_PREFIX + user_name(service).upper().replace("-", "_")
+
+
+def consumes(service: str) -> tuple[WorkQueue, ...]:
+    """A service consumes the work queues named after it (`<service>.<purpose>`)."""
+    return tuple(q for q in WORK_QUEUES if q.name.split(".")[0] == service)
+
+
+def _exact(names: list[str] | tuple[str, ...]) -> str:
+    return "^(" + "|".join(re.escape(n) for n in names) + ")$" if names else "^$"
+
+
+def _topic_regex(patterns: tuple[str, ...]) -> str:
+    """Topic binding patterns as one regex over routing keys (`*` one word, `#` any words)."""
+    parts = [
+        re.escape(p).replace(r"\*", "[^.]+").replace(r"\#", ".*") for p in sorted(set(patterns))
+    ]
+    return "^(" + "|".join(parts) + ")$" if parts else "^$"
+
+
+def _queue_names() -> list[str]:
+    names: list[str] = []
+    for q in WORK_QUEUES:
+        names += [q.name, q.dlq]
+    return names + [d.name for d in DELAY_QUEUES]
+
+
+def permissions(service: str) -> dict[str, str]:
+    """configure/write/read regexes for `service`'s user (see the note on `PUBLISHES`)."""
+    exchanges = [name for name, _ in EXCHANGES]
+    queues = _queue_names()
+    own = [q.name for q in consumes(service)]
+    private = PRIVATE_PREFIX.get(service)
+
+    def with_private(regex: str) -> str:
+        return f"{regex}|^{re.escape(private)}.*" if private else regex
+
+    return {
+        "configure": with_private(_exact(exchanges + queues)),
+        "write": with_private(_exact(list(PUBLISHES[service]) + queues)),
+        "read": with_private(_exact(exchanges + own)),
+    }
+
+
+def topic_permissions(service: str) -> dict[str, str]:
+    """On the topic exchange: publish only the service's own keys; bind only the binding keys
+    the topology has (every process declares every binding), never a wildcard of its own."""
+    bound = sorted({key for q in WORK_QUEUES if q.exchange == EVENTS for key in q.bindings})
+    return {
+        "write": _topic_regex(PUBLISHES[service].get(EVENTS, ())),
+        "read": _exact(bound),
+    }
+
+
+def password_hash(password: str, salt: bytes | None = None) -> str:
+    """RabbitMQ's `rabbit_password_hashing_sha256`: base64(salt + sha256(salt + password))."""
+    salt = os.urandom(4) if salt is None else salt
+    digest = hashlib.sha256(salt + password.encode()).digest()
+    return base64.b64encode(salt + digest).decode()
+
+
+def users(vhost: str = "/", passwords: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The services' users, permissions and topic permissions in definitions.json format.
+
+    Without a password a user gets an empty hash: it exists but cannot log in until an operator
+    sets one (`rabbitmqctl change_password`, or definitions generated with the passwords)."""
+    passwords = passwords or {}
+    return {
+        "users": [
+            {
+                "name": user_name(s),
+                "password_hash": password_hash(passwords[s]) if passwords.get(s) else "",
+                "hashing_algorithm": "rabbit_password_hashing_sha256",
+                "tags": [],
+                "limits": {},
+            }
+            for s in SERVICES
+        ],
+        "permissions": [{"user": user_name(s), "vhost": vhost, **permissions(s)} for s in SERVICES],
+        "topic_permissions": [
+            {"user": user_name(s), "vhost": vhost, "exchange": EVENTS, **topic_permissions(s)}
+            for s in SERVICES
+        ],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
     import json
 
-    print(json.dumps(definitions(), indent=2))
+    parser = argparse.ArgumentParser(
+        prog="python -m shared.topology", description="print definitions.json"
+    )
+    parser.add_argument("--vhost", default="/")
+    parser.add_argument(
+        "--passwords-from-env",
+        action="store_true",
+        help=f"hash each user's password from {password_env('api')} etc. (never commit the output)",
+    )
+    args = parser.parse_args(argv)
+    passwords = (
+        {s: os.environ.get(password_env(s), "") for s in SERVICES}
+        if args.passwords_from_env
+        else None
+    )
+    print(json.dumps(definitions(args.vhost, passwords), indent=2))
+
+
+if __name__ == "__main__":  # `make definitions`
+    main()
