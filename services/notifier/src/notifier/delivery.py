@@ -1,14 +1,20 @@
 """Webhook delivery as a chain of small typed steps (after Svix's worker):
 
     load (one short transaction) → Skip | Park | Attempt
+    gate (per endpoint, in memory) → a turn, or Park for a second
     send (no transaction held)   → Outcome
     judge (pure)                 → Verdict
-    record (one short transaction: attempt row, delivery state, the next command) → ack
+    record (one short transaction: attempt row, delivery state, the endpoint's failure streak,
+            the next command) → ack
 
 The command is acked only after `record` commits, so a crash anywhere before that redelivers
 it and the attempt is made again (at least once); after that, the attempt counter makes every
-other copy of the command stale. A slow receiver holds only its own command: commands are
-handled concurrently up to the consumer's prefetch, each cut at the per-attempt timeout.
+other copy of the command stale. Commands are handled concurrently up to the consumer's
+prefetch, each cut at the per-attempt timeout, and `EndpointGate` keeps one slow endpoint from
+holding more than a few of those slots.
+
+A manual redelivery (the API re-opened a finished delivery and sent `manual=True`) is one
+attempt under the same `webhook-id`, with no retries of its own.
 """
 
 from __future__ import annotations
@@ -25,10 +31,12 @@ from shared.logging import get_logger, log_context
 from shared.messages import WebhookDeliveryRequested
 from shared.outbox import OutboxRelay, enqueue
 from shared.settings import Settings
+from shared.topology import DELAY_QUEUES
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
+from notifier.gate import EndpointGate
 from notifier.retry import Next, Outcome, Verdict, judge, rung
 from notifier.sender import EXCERPT_CHARS, Sender
 from notifier.signing import Key, request_headers
@@ -59,6 +67,7 @@ class Park:
 class Attempt:
     """Everything the HTTP step needs, read in the load step."""
 
+    target: str  # the endpoint's id, or "nextjs": the lane it waits in
     url: str
     webhook_id: str
     body: str
@@ -87,6 +96,11 @@ class Metrics:
             ["status"],
             registry=registry,
         )
+        self.deferred = Counter(
+            "reelflow_webhook_attempts_deferred",
+            "Attempts parked for a second because their endpoint had too many in flight",
+            registry=registry,
+        )
 
 
 class Deliverer:
@@ -99,12 +113,14 @@ class Deliverer:
         relay: OutboxRelay,
         sender: Sender,
         metrics: Metrics,
+        gate: EndpointGate | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.relay = relay
         self.sender = sender
         self.metrics = metrics
+        self.gate = gate or EndpointGate(settings.webhook_max_in_flight_per_endpoint)
 
     async def on_message(self, message: RabbitMessage) -> None:
         # A bound method, not `__call__`: FastStream resolves the `RabbitMessage` annotation
@@ -130,6 +146,24 @@ class Deliverer:
         if isinstance(step, Park):
             self.relay.wake()
             return
+        async with self.gate.turn(step.target) as mine:
+            if mine:
+                started, outcome = await self.send(step, traceparent)
+        if not mine:
+            # The endpoint has its fill of attempts in flight: free this slot for others.
+            async with self.sessions() as session, session.begin():
+                park(session, command, DELAY_QUEUES[0].name, traceparent)
+            self.metrics.deferred.inc()
+            self.relay.wake()
+            return
+        # A manual redelivery is one attempt: an empty schedule leaves nothing to retry.
+        schedule = [] if command.manual else self.settings.webhook_retry_schedule
+        verdict = judge(outcome, command.attempt, schedule)
+        async with self.sessions() as session, session.begin():
+            await self.record(session, command, started, outcome, verdict, traceparent)
+        self.relay.wake()
+
+    async def send(self, step: Attempt, traceparent: str | None) -> tuple[datetime, Outcome]:
         started = utcnow()
         headers = request_headers(
             step.webhook_id,
@@ -142,10 +176,7 @@ class Deliverer:
         outcome = await self.sender.post(step.url, step.body, headers, trusted=step.trusted)
         self.metrics.attempts.labels("ok" if outcome.ok else "failed").inc()
         self.metrics.latency.observe(outcome.latency_ms / 1000)
-        verdict = judge(outcome, command.attempt, self.settings.webhook_retry_schedule)
-        async with self.sessions() as session, session.begin():
-            await self.record(session, command, started, outcome, verdict, traceparent)
-        self.relay.wake()
+        return started, outcome
 
     async def load(
         self, session: AsyncSession, command: WebhookDeliveryRequested, traceparent: str | None
@@ -166,6 +197,7 @@ class Deliverer:
             key = self.settings.worker_api_key
             token = key.get_secret_value() if key else None
             return Attempt(
+                NEXTJS,
                 delivery.url,
                 delivery.webhook_id,
                 delivery.payload,
@@ -183,10 +215,11 @@ class Deliverer:
             self.metrics.finished.labels("failed").inc()
             return Skip("endpoint deleted or disabled: delivery failed")
         return Attempt(
+            delivery.target,
             endpoint.url,
             delivery.webhook_id,
             delivery.payload,
-            (endpoint.secret,),
+            signing_keys(endpoint, utcnow()),
             None,
             trusted=False,
         )
@@ -219,6 +252,8 @@ class Deliverer:
             )
         )
         context = {"status_code": outcome.status_code, "error": outcome.error}
+        if delivery.endpoint_id is not None:
+            await self.track_streak(session, delivery.endpoint_id, started, outcome.ok)
         if verdict.next == Next.SUCCEEDED:
             await finish(session, delivery.id, "succeeded")
             self.metrics.finished.labels("succeeded").inc()
@@ -240,8 +275,33 @@ class Deliverer:
             await finish(session, delivery.id, "failed")
             self.metrics.finished.labels("failed").inc()
             if verdict.next == Next.GONE and delivery.endpoint_id is not None:
-                await disable(session, delivery.endpoint_id, started)
+                reason = f"The endpoint answered 410 Gone on {started:%Y-%m-%d %H:%M:%S} UTC."
+                await disable(session, delivery.endpoint_id, reason)
             log.error("Webhook delivery failed for good", outcome=verdict.next.value, **context)
+
+    async def track_streak(
+        self, session: AsyncSession, endpoint_id: uuid.UUID, at: datetime, ok: bool
+    ) -> None:
+        """Keep when the endpoint's current run of failures began; disable it once every
+        attempt has failed for WEBHOOK_DISABLE_AFTER_SECONDS (five days by default)."""
+        streak = col(WebhookEndpoint.failing_since)
+        where = col(WebhookEndpoint.id) == endpoint_id
+        if ok:
+            await session.execute(
+                update(WebhookEndpoint).where(where, streak.is_not(None)).values(failing_since=None)
+            )
+            return
+        await session.execute(
+            update(WebhookEndpoint).where(where, streak.is_(None)).values(failing_since=at)
+        )
+        since = await session.scalar(select(streak).where(where))
+        period = self.settings.webhook_disable_after_seconds
+        if since is not None and (at - since).total_seconds() >= period:
+            reason = (
+                f"Every attempt failed from {since:%Y-%m-%d %H:%M:%S} UTC to "
+                f"{at:%Y-%m-%d %H:%M:%S} UTC."
+            )
+            await disable(session, endpoint_id, reason)
 
 
 async def attempts_made(session: AsyncSession, delivery_id: uuid.UUID) -> int:
@@ -276,13 +336,23 @@ async def finish(session: AsyncSession, delivery_id: uuid.UUID, status: str) -> 
     )
 
 
-async def disable(session: AsyncSession, endpoint_id: uuid.UUID, at: datetime) -> None:
-    await session.execute(
+def signing_keys(endpoint: WebhookEndpoint, now: datetime) -> tuple[Key, ...]:
+    """The current secret, and the one before it while its grace period after a rotation lasts
+    (Standard Webhooks: several `v1,` signatures; a receiver holding either one verifies)."""
+    keys: tuple[Key, ...] = (endpoint.secret,)
+    expires = endpoint.previous_secret_expires_at
+    if endpoint.previous_secret and expires is not None and expires > now:
+        keys += (endpoint.previous_secret,)
+    return keys
+
+
+async def disable(session: AsyncSession, endpoint_id: uuid.UUID, reason: str) -> None:
+    """Active → disabled (a deleted endpoint stays deleted)."""
+    disabled = await session.scalar(
         update(WebhookEndpoint)
-        .where(col(WebhookEndpoint.id) == endpoint_id)
-        .values(
-            status="disabled",
-            disabled_reason=f"The endpoint answered 410 Gone on {at:%Y-%m-%d %H:%M:%S} UTC.",
-        )
+        .where(col(WebhookEndpoint.id) == endpoint_id, col(WebhookEndpoint.status) == "active")
+        .values(status="disabled", disabled_reason=reason)
+        .returning(col(WebhookEndpoint.id))
     )
-    log.warning("Endpoint disabled after 410 Gone", endpoint_id=str(endpoint_id))
+    if disabled is not None:
+        log.warning("Endpoint disabled", endpoint_id=str(endpoint_id), reason=reason)

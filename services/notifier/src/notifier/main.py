@@ -16,9 +16,12 @@ from notifier.sender import Sender
 
 log = get_logger("NOTIFIER")
 
-# Deliveries in flight at once (each cut at WEBHOOK_TIMEOUT_SECONDS): a slow receiver holds one
-# slot per open attempt, never the queue.
-PREFETCH = 32
+# Commands handled at once (each attempt cut at WEBHOOK_TIMEOUT_SECONDS). One endpoint holds at
+# most WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT attempts and as many briefly waiting (see gate.py), so
+# several slow endpoints together still leave room for everyone else. It is also the global
+# bound on open webhook connections: the sender's pool is at least this large, so an attempt
+# never waits for a connection another endpoint holds.
+PREFETCH = 100
 
 
 class NotifierService(ConsumerService):
@@ -60,6 +63,7 @@ def build(settings: Settings) -> NotifierService:
     sender = Sender(
         settings.webhook_timeout_seconds,
         guard_endpoints=not settings.webhook_allow_private_networks,
+        max_connections=PREFETCH,
     )
     metrics = Metrics(runtime.registry)
     deliverer = Deliverer(settings, runtime.sessions, runtime.relay, sender, metrics)

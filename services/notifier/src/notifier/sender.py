@@ -5,6 +5,8 @@ aiohttp rather than httpx: on this machine 100 concurrent POSTs to a loopback re
 encode/httpx#3215); the notifier sends a webhook per lifecycle event per endpoint. One session
 per trust level shares a bounded connection pool: `NEXTJS_URL` (the operator's) is called as
 configured; registered endpoints go through the SSRF guard unless private networks are allowed.
+No per-host cap: many users' endpoints may share one host (a SaaS receiver), and isolation is
+per endpoint (gate.py), not per host.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class Sender:
         *,
         guard_endpoints: bool,
         max_connections: int = 100,
-        per_host: int = 20,
+        per_host: int = 0,
     ) -> None:
         self.timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self.guard_endpoints = guard_endpoints
