@@ -1,31 +1,27 @@
-"""Which addresses a user-registered webhook may reach (the seam for issue 4's SSRF work).
+"""Which addresses a user-registered webhook may reach.
 
 The check runs on the addresses the connection is actually made to: the resolver hands the
 HTTP client only addresses that passed, and IP literals (which never reach a resolver) are
-checked before the request. `NEXTJS_URL`, set by the operator, is trusted and skips this.
+checked before the request. Every attempt (first, retry, manual redelivery) connects through
+here, and redirects are never followed, so a 3xx to an internal address goes nowhere.
+`NEXTJS_URL`, set by the operator, is trusted and skips this. The address rules themselves are
+`shared.webhook_urls.is_forbidden`, which the API's registration check uses too.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from typing import Any
 
 from aiohttp import DefaultResolver
 from aiohttp.abc import AbstractResolver, ResolveResult
+from shared.webhook_urls import is_forbidden
+
+__all__ = ["ForbiddenAddress", "GuardedResolver", "check_literal", "is_forbidden"]
 
 
 class ForbiddenAddress(OSError):
     """The webhook URL leads to an address we refuse to call."""
-
-
-def is_forbidden(host: str) -> bool:
-    """Loopback, private, link-local (cloud metadata), CGNAT, reserved, multicast, unspecified,
-    and IPv4-mapped IPv6 forms of them."""
-    addr = ipaddress.ip_address(host.split("%", 1)[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return not addr.is_global or addr.is_multicast
 
 
 def check_literal(host: str) -> None:
