@@ -27,3 +27,7 @@ lint:
 
 definitions:
 	@uv="$(UV)"; "$$uv" run --frozen python -m shared.topology > deploy/rabbitmq/definitions.json
+
+.PHONY: asyncapi
+asyncapi:  # docs/asyncapi.json: the message catalogue as AsyncAPI 3.0, from the code
+	@uv="$(UV)"; "$$uv" run --frozen python -m shared.asyncapi > docs/asyncapi.json
