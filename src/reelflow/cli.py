@@ -41,6 +41,24 @@ def _parser() -> argparse.ArgumentParser:
     users_sub = users.add_subparsers(dest="users_command", required=True)
     create = users_sub.add_parser("create", help="create a user and print its API key once")
     create.add_argument("name")
+    dlq = sub.add_parser("dlq", help="dead-letter queues: list, show, replay")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq_sub.add_parser("list", help="every DLQ and how many messages it holds")
+    show = dlq_sub.add_parser("show", help="the dead messages of a queue, with why they died")
+    show.add_argument("queue", help="a work queue (e.g. worker.render) or its .dlq")
+    show.add_argument("--limit", type=int, default=20)
+    replay = dlq_sub.add_parser("replay", help="send dead messages back to their work queue")
+    replay.add_argument("queue")
+    replay.add_argument("--limit", type=int, default=1000)
+    replay.add_argument("--message-id", default=None)
+    gens = sub.add_parser("generations", help="inspect generations")
+    gens_sub = gens.add_subparsers(dest="generations_command", required=True)
+    gshow = gens_sub.add_parser("show", help="state, timeline, job, deliveries and messages")
+    gshow.add_argument("id")
+    outbox = sub.add_parser("outbox", help="the transactional outbox")
+    outbox.add_subparsers(dest="outbox_command", required=True).add_parser(
+        "status", help="unpublished rows and the oldest one's age"
+    )
     return parser
 
 
@@ -71,6 +89,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         user_id, key = await create_user(settings, args.name)
         print(f"user {user_id} created; API key (shown once): {key}")
         return 0
+    if args.command in ("dlq", "generations", "outbox"):
+        return await _operate(args, settings)
     if args.command == "run":
         from reelflow.supervisor import supervise
 
@@ -78,6 +98,35 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             await migrate(settings)
         return await supervise(settings, SERVICES)
     await _serve(args.command)(settings)
+    return 0
+
+
+async def _operate(args: argparse.Namespace, settings: Settings) -> int:
+    from reelflow import dlq, inspect
+
+    if args.command == "dlq":
+        try:
+            if args.dlq_command == "list":
+                dlq.print_list(await dlq.list_dlqs(settings.amqp_url))
+            elif args.dlq_command == "show":
+                dlq.print_show(await dlq.show(settings.amqp_url, args.queue, args.limit))
+            else:
+                count = await dlq.replay(
+                    settings.amqp_url, args.queue, limit=args.limit, message_id=args.message_id
+                )
+                print(f"replayed {count} message(s) to {args.queue.removesuffix('.dlq')}")
+        except KeyError:
+            print(f"reelflow: {args.queue!r} is not one of Reelflow's queues", file=sys.stderr)
+            return 2
+        return 0
+    if args.command == "generations":
+        report = await inspect.generation_report(settings, args.id)
+        if report is None:
+            print(f"reelflow: no generation {args.id}", file=sys.stderr)
+            return 1
+        inspect.dump(report)
+        return 0
+    inspect.dump(await inspect.outbox_status(settings))
     return 0
 
 
