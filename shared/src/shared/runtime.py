@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,7 +89,7 @@ class ConsumerService:
             runtime.settings.amqp_url,
             default_channel=Channel(prefetch_count=prefetch),
             logger=None,
-            graceful_timeout=30.0,
+            graceful_timeout=runtime.settings.shutdown_grace_seconds,
         )
         for sub in subscriptions:
             queue = RabbitQueue(
@@ -107,7 +108,7 @@ class ConsumerService:
         if self.health_port is not None:
             config = uvicorn.Config(
                 health_app(self.ready, self.runtime.registry),
-                host="127.0.0.1",
+                host=self.runtime.settings.metrics_host,
                 port=self.health_port,
                 log_level="warning",
                 lifespan="off",
@@ -159,10 +160,20 @@ class ConsumerService:
         return checks
 
     async def run_forever(self) -> None:
+        """Run until SIGTERM or SIGINT, then stop taking work, let in-flight handlers finish
+        (FastStream waits up to SHUTDOWN_GRACE_SECONDS; what is still unacked then goes back to
+        the queue for another consumer) and exit."""
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
         await self.start()
         try:
-            await asyncio.Event().wait()
+            await stopping.wait()
+            log.info("Shutdown requested", service=self.runtime.name)
         finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
             await self.stop()
 
 

@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     metrics_port_orchestrator: int = Field(9101, validation_alias="ORCHESTRATOR_METRICS_PORT")
     metrics_port_worker: int = Field(9102, validation_alias="WORKER_METRICS_PORT")
     metrics_port_notifier: int = Field(9103, validation_alias="NOTIFIER_METRICS_PORT")
+    # Where /healthz, /readyz and /metrics of the consumer services listen: 0.0.0.0 in a
+    # container, so probes and Prometheus reach them.
+    metrics_host: str = Field("127.0.0.1", validation_alias="METRICS_HOST")
     max_body_bytes: int = Field(64 * 1024, ge=1024, validation_alias="MAX_BODY_BYTES")
     worker_concurrency: int = Field(2, ge=1, validation_alias="WORKER_CONCURRENCY")
     delivery_limit: int = Field(5, ge=1, validation_alias="DELIVERY_LIMIT")
