@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024, ge=1024, validation_alias="MAX_BODY_BYTES")
     worker_concurrency: int = Field(2, ge=1, validation_alias="WORKER_CONCURRENCY")
     delivery_limit: int = Field(5, ge=1, validation_alias="DELIVERY_LIMIT")
+    shutdown_grace_seconds: float = Field(
+        30.0, gt=0, le=600, validation_alias="SHUTDOWN_GRACE_SECONDS"
+    )
 
     @field_validator("webhook_retry_schedule", mode="before")
     @classmethod
