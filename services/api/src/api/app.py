@@ -17,7 +17,7 @@ from starlette.middleware import Middleware
 from api import problems
 from api.metrics import install_runtime_metrics
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from api.routes import admin, generations, media, ops, seed
+from api.routes import admin, generations, media, ops, seed, webhooks
 
 log = get_logger("API")
 
@@ -62,4 +62,5 @@ def create_app(settings: Settings) -> FastAPI:
     problems.install(app)
     for module in (generations, admin, seed, media, ops):
         app.include_router(module.router)
+    app.include_router(webhooks.router)
     return app

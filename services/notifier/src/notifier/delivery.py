@@ -249,6 +249,7 @@ class Deliverer:
                 latency_ms=outcome.latency_ms,
                 response_excerpt=outcome.excerpt,
                 error=outcome.error[:EXCERPT_CHARS] if outcome.error else None,
+                manual=command.manual,
             )
         )
         context = {"status_code": outcome.status_code, "error": outcome.error}

@@ -29,6 +29,10 @@ def upgrade() -> None:
         "webhook_endpoints",
         sa.Column("failing_since", sa.DateTime(timezone=True), nullable=True),
     )
+    op.add_column(
+        "webhook_attempts",
+        sa.Column("manual", sa.Boolean(), nullable=False, server_default=sa.false()),
+    )
     op.create_index(
         "ix_webhook_deliveries_endpoint_created",
         "webhook_deliveries",
@@ -38,6 +42,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_webhook_deliveries_endpoint_created", table_name="webhook_deliveries")
+    op.drop_column("webhook_attempts", "manual")
     op.drop_column("webhook_endpoints", "failing_since")
     op.drop_column("webhook_endpoints", "previous_secret_expires_at")
     op.drop_column("webhook_endpoints", "previous_secret")
