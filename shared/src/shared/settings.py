@@ -117,6 +117,26 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         30.0, gt=0, le=600, validation_alias="SHUTDOWN_GRACE_SECONDS"
     )
+    # Deadlines the orchestrator's sweeper enforces (a live status held this long fails).
+    clarification_ttl_seconds: float = Field(
+        86400.0, gt=0, validation_alias="CLARIFICATION_TTL_SECONDS"
+    )
+    confirmation_ttl_seconds: float = Field(
+        86400.0, gt=0, validation_alias="CONFIRMATION_TTL_SECONDS"
+    )
+    dispatch_timeout_seconds: float = Field(
+        21600.0, gt=0, validation_alias="DISPATCH_TIMEOUT_SECONDS"
+    )
+    processing_timeout_seconds: float = Field(
+        3600.0, gt=0, validation_alias="PROCESSING_TIMEOUT_SECONDS"
+    )
+    sweep_interval_seconds: float = Field(30.0, gt=0, validation_alias="SWEEP_INTERVAL_SECONDS")
+    outbox_retention_seconds: float = Field(
+        7 * 86400.0, gt=0, validation_alias="OUTBOX_RETENTION_SECONDS"
+    )
+    inbox_retention_seconds: float = Field(
+        7 * 86400.0, gt=0, validation_alias="INBOX_RETENTION_SECONDS"
+    )
 
     @field_validator("webhook_retry_schedule", mode="before")
     @classmethod

@@ -9,9 +9,28 @@ from shared.settings import Settings
 from shared.topology import ORCHESTRATOR_CONFIRMATIONS, ORCHESTRATOR_REPORTS, ORCHESTRATOR_REQUESTS
 
 from orchestrator.handlers import Handlers
+from orchestrator.sweeper import Sweeper
 
 
-def build(settings: Settings) -> ConsumerService:
+class OrchestratorService(ConsumerService):
+    """The consumers, plus the sweeper that enforces deadlines and prunes the outbox/inbox."""
+
+    def __init__(
+        self, runtime: ServiceRuntime, subscriptions: list[Subscription], health_port: int
+    ) -> None:
+        super().__init__(runtime, subscriptions, health_port=health_port)
+        self.sweeper = Sweeper(runtime.sessions, runtime.relay, runtime.settings)
+
+    async def start(self) -> None:
+        await super().start()
+        self.sweeper.start()
+
+    async def stop(self) -> None:
+        await self.sweeper.stop()
+        await super().stop()
+
+
+def build(settings: Settings) -> OrchestratorService:
     runtime = ServiceRuntime.build("orchestrator", settings)
     handlers = Handlers(settings)
     sessions, relay = runtime.sessions, runtime.relay
@@ -40,7 +59,7 @@ def build(settings: Settings) -> ConsumerService:
             ),
         ),
     ]
-    return ConsumerService(runtime, subscriptions, health_port=settings.metrics_port_orchestrator)
+    return OrchestratorService(runtime, subscriptions, settings.metrics_port_orchestrator)
 
 
 async def serve(settings: Settings) -> None:
