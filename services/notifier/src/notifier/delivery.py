@@ -121,6 +121,9 @@ class Deliverer:
         self.sender = sender
         self.metrics = metrics
         self.gate = gate or EndpointGate(settings.webhook_max_in_flight_per_endpoint)
+        # (delivery, attempt) pairs being attempted here: a copy of the command that arrives
+        # meanwhile waits a second, then finds itself stale, instead of calling a second time.
+        self.in_flight: set[tuple[uuid.UUID, int]] = set()
 
     async def on_message(self, message: RabbitMessage) -> None:
         # A bound method, not `__call__`: FastStream resolves the `RabbitMessage` annotation
@@ -146,22 +149,37 @@ class Deliverer:
         if isinstance(step, Park):
             self.relay.wake()
             return
-        async with self.gate.turn(step.target) as mine:
-            if mine:
-                started, outcome = await self.send(step, traceparent)
-        if not mine:
-            # The endpoint has its fill of attempts in flight: free this slot for others.
+        key = (command.delivery_id, command.attempt)
+        if key in self.in_flight or not await self.attempt(command, step, key, traceparent):
+            # This very attempt is under way here, or the endpoint has its fill of attempts in
+            # flight: free this slot for others and look again in a second.
             async with self.sessions() as session, session.begin():
                 park(session, command, DELAY_QUEUES[0].name, traceparent)
             self.metrics.deferred.inc()
-            self.relay.wake()
-            return
-        # A manual redelivery is one attempt: an empty schedule leaves nothing to retry.
-        schedule = [] if command.manual else self.settings.webhook_retry_schedule
-        verdict = judge(outcome, command.attempt, schedule)
-        async with self.sessions() as session, session.begin():
-            await self.record(session, command, started, outcome, verdict, traceparent)
         self.relay.wake()
+
+    async def attempt(
+        self,
+        command: WebhookDeliveryRequested,
+        step: Attempt,
+        key: tuple[uuid.UUID, int],
+        traceparent: str | None,
+    ) -> bool:
+        """Send and record, in the endpoint's lane; False if the lane had no room."""
+        async with self.gate.turn(step.target) as mine:
+            if not mine:
+                return False
+            self.in_flight.add(key)
+            try:
+                started, outcome = await self.send(step, traceparent)
+                # A manual redelivery is one attempt: an empty schedule leaves no retry.
+                schedule = [] if command.manual else self.settings.webhook_retry_schedule
+                verdict = judge(outcome, command.attempt, schedule)
+                async with self.sessions() as session, session.begin():
+                    await self.record(session, command, started, outcome, verdict, traceparent)
+            finally:
+                self.in_flight.discard(key)
+        return True
 
     async def send(self, step: Attempt, traceparent: str | None) -> tuple[datetime, Outcome]:
         started = utcnow()
