@@ -39,6 +39,11 @@ class Message(BaseModel):
     def routing_key(self) -> str:
         return self.TYPE
 
+    @property
+    def correlation_id(self) -> str:
+        """The AMQP `correlation_id`: the generation the message is about."""
+        return str(self.generation_id)
+
 
 class GenerationRequested(Message):
     """API → orchestrator: a new generation row exists; read and analyse it."""
@@ -63,6 +68,9 @@ class GenerationSnapshot(BaseModel):
     result: RenderResult | None = None
     error: ErrorInfo | None = None
     job_id: str | None = None
+    # The row's version after the event: increases by one per transition, so live views use it
+    # to order events, spot a gap and resume (`Last-Event-ID`). None in events from before it.
+    version: int | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -80,6 +88,23 @@ class LifecycleEvent(Message):
     @property
     def routing_key(self) -> str:
         return self.event.value
+
+
+class ConversationMessageCreated(Message):
+    """API/notifier → live views: a message was added to a conversation (read it by id).
+
+    Published on the `reelflow.live` exchange, which nobody may be listening to: a live update,
+    not work. `generation_id` is the generation the message is about, if any."""
+
+    TYPE: ClassVar[str] = "conversation.message_created"
+    generation_id: uuid.UUID | None = None  # type: ignore[assignment]
+    conversation_id: uuid.UUID
+    message_id: uuid.UUID
+    user_id: uuid.UUID
+
+    @property
+    def correlation_id(self) -> str:
+        return str(self.generation_id or self.conversation_id)
 
 
 class RenderRequested(Message):
@@ -125,6 +150,7 @@ CATALOGUE: dict[str, type[Message]] = {
     for cls in (
         GenerationRequested,
         LifecycleEvent,
+        ConversationMessageCreated,
         RenderRequested,
         RenderReported,
         WebhookDeliveryRequested,

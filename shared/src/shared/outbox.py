@@ -20,11 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared.db.models import OutboxMessage
 from shared.logging import get_logger
 from shared.messages import Message
-from shared.topology import COMMANDS, EVENTS, declare
+from shared.topology import COMMANDS, EVENTS, LIVE, declare
 
 log = get_logger("OUTBOX")
 
 _COMMAND_TYPES = {"render.requested", "webhook.delivery_requested"}
+# Live updates for open views: published without `mandatory`, since no view may be open.
+_LIVE_TYPES = {"conversation.message_created"}
 
 
 def enqueue(
@@ -37,13 +39,19 @@ def enqueue(
     """Stage `message` for publishing when the caller's transaction commits.
 
     `routing_key` overrides the message's own, e.g. to park a command in a delay queue."""
-    exchange = COMMANDS if message.TYPE in _COMMAND_TYPES else EVENTS
+    exchange = (
+        COMMANDS
+        if message.TYPE in _COMMAND_TYPES
+        else LIVE
+        if message.TYPE in _LIVE_TYPES
+        else EVENTS
+    )
     session.add(
         OutboxMessage(
             exchange=exchange,
             routing_key=routing_key or message.routing_key,
             type=message.TYPE,
-            correlation_id=str(message.generation_id),
+            correlation_id=message.correlation_id,
             body=message.model_dump_json(),
             headers=headers or {},
         )
@@ -86,7 +94,7 @@ class OutboxRelay:
         )
         await declare(self._channel)
         self._exchanges = {
-            name: await self._channel.get_exchange(name) for name in (EVENTS, COMMANDS)
+            name: await self._channel.get_exchange(name) for name in (EVENTS, COMMANDS, LIVE)
         }
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
@@ -143,5 +151,5 @@ class OutboxRelay:
             headers=row["headers"] or {},
         )
         await self._exchanges[row["exchange"]].publish(
-            message, routing_key=row["routing_key"], mandatory=True
+            message, routing_key=row["routing_key"], mandatory=row["exchange"] != LIVE
         )

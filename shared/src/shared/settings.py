@@ -105,6 +105,10 @@ class Settings(BaseSettings):
 
     log_format: Literal["console", "json"] = Field("console", validation_alias="LOG_FORMAT")
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
+    # Server-Sent Events: a comment line this often keeps idle streams (and proxies) open.
+    sse_heartbeat_seconds: float = Field(
+        15.0, gt=0, le=300, validation_alias="SSE_HEARTBEAT_SECONDS"
+    )
     metrics_port_orchestrator: int = Field(9101, validation_alias="ORCHESTRATOR_METRICS_PORT")
     metrics_port_worker: int = Field(9102, validation_alias="WORKER_METRICS_PORT")
     metrics_port_notifier: int = Field(9103, validation_alias="NOTIFIER_METRICS_PORT")

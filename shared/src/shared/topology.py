@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, ExchangeType
+from aio_pika.abc import AbstractChannel, AbstractQueue, ExchangeType
 
 from shared.state_machine import Event
 
 EVENTS = "reelflow.events"  # topic: facts (generation.*, render.* reports)
 COMMANDS = "reelflow.commands"  # direct: requests for work (render.requested)
 DEAD_LETTERS = "reelflow.dlx"  # direct: routing key = the queue that gave up
+LIVE = "reelflow.live"  # topic: live updates for open views (conversation.*); may go unheard
 
 LIFECYCLE_KEYS = tuple(e.value for e in Event)
 
@@ -108,7 +109,39 @@ EXCHANGES: tuple[tuple[str, ExchangeType], ...] = (
     (EVENTS, ExchangeType.TOPIC),
     (COMMANDS, ExchangeType.DIRECT),
     (DEAD_LETTERS, ExchangeType.DIRECT),
+    (LIVE, ExchangeType.TOPIC),
 )
+
+
+@dataclass(frozen=True)
+class LiveQueue:
+    """One API instance's own queue of live updates (`api.live.<instance id>`): exclusive and
+    auto-delete, so it lives exactly as long as the instance's connection, and capped, so a
+    stalled instance cannot pile messages up in the broker (its views resync from the
+    database). Lifecycle events come from `reelflow.events`, message notices from `LIVE`."""
+
+    instance_id: str
+    max_length: int = 10_000
+
+    @property
+    def name(self) -> str:
+        return f"api.live.{self.instance_id}"
+
+    def arguments(self) -> dict[str, Any]:
+        return {"x-max-length": self.max_length, "x-overflow": "drop-head"}
+
+    @property
+    def bindings(self) -> tuple[tuple[str, str], ...]:
+        return (*((EVENTS, key) for key in LIFECYCLE_KEYS), (LIVE, "conversation.#"))
+
+
+async def declare_live_queue(channel: AbstractChannel, live: LiveQueue) -> AbstractQueue:
+    queue = await channel.declare_queue(
+        live.name, durable=False, exclusive=True, auto_delete=True, arguments=live.arguments()
+    )
+    for exchange, key in live.bindings:
+        await queue.bind(exchange, routing_key=key)
+    return queue
 
 
 def work_queue(name: str) -> WorkQueue:

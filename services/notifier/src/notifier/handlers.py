@@ -11,7 +11,7 @@ from faststream.rabbit.annotations import RabbitMessage
 from shared.db.models import ChatMessage, WebhookDelivery
 from shared.logging import get_logger
 from shared.media import Storage
-from shared.messages import LifecycleEvent, WebhookDeliveryRequested
+from shared.messages import ConversationMessageCreated, LifecycleEvent, WebhookDeliveryRequested
 from shared.outbox import enqueue
 from shared.settings import Settings
 from sqlalchemy.dialects.postgresql import insert
@@ -95,6 +95,14 @@ async def add_reply(
     )
     if inserted is not None:
         log.info("Assistant message added", event=event.event.value, message=str(inserted))
+        # Open views of the conversation (the API's SSE streams) learn of it through the outbox.
+        notice = ConversationMessageCreated(
+            generation_id=event.generation_id,
+            conversation_id=event.conversation_id,
+            message_id=inserted,
+            user_id=event.user_id,
+        )
+        enqueue(session, notice)
 
 
 async def add_deliveries(

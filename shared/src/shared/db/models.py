@@ -113,6 +113,8 @@ class OutboxMessage(SQLModel, table=True):
     __tablename__ = "outbox"
     __table_args__ = (
         sa.Index("ix_outbox_unpublished", "id", postgresql_where=sa.text("published_at IS NULL")),
+        # A generation's events in order: its timeline, and the replay behind SSE resumption.
+        sa.Index("ix_outbox_correlation", "correlation_id", "id"),
     )
     id: int | None = Field(
         default=None, sa_column=sa.Column(sa.BigInteger, primary_key=True, autoincrement=True)

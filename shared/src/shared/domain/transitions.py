@@ -32,6 +32,7 @@ def snapshot(gen: Generation) -> GenerationSnapshot:
             "result": gen.result,
             "error": gen.error,
             "job_id": str(gen.id),
+            "version": gen.version,
             "created_at": gen.created_at,
             "updated_at": gen.updated_at,
         }
