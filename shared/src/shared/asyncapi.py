@@ -20,7 +20,7 @@ from pydantic.json_schema import models_json_schema
 
 from shared import topology
 from shared.messages import CATALOGUE, Message
-from shared.outbox import _COMMAND_TYPES
+from shared.outbox import _COMMAND_TYPES, _LIVE_TYPES
 
 ASYNCAPI_VERSION = "3.0.0"
 AMQP_BINDING = "0.3.0"
@@ -30,8 +30,10 @@ _EXCHANGE_TYPES = dict(topology.EXCHANGES)
 
 
 def exchange_of(cls: type[Message]) -> str:
-    """The exchange the outbox publishes `cls` on (commands direct, facts on the topic)."""
-    return topology.COMMANDS if cls.TYPE in _COMMAND_TYPES else topology.EVENTS
+    """The exchange the outbox publishes `cls` on (as `outbox.enqueue` chooses it)."""
+    if cls.TYPE in _COMMAND_TYPES:
+        return topology.COMMANDS
+    return topology.LIVE if cls.TYPE in _LIVE_TYPES else topology.EVENTS
 
 
 def _choices(annotation: Any) -> list[Any]:
@@ -108,7 +110,8 @@ def _message(cls: type[Message]) -> dict[str, Any]:
         "headers": {"$ref": SCHEMAS + "AmqpHeaders"},
         "payload": {"$ref": SCHEMAS + cls.__name__},
         "correlationId": {
-            "description": "AMQP `correlation_id`: the generation id",
+            "description": "AMQP `correlation_id`: the generation id (a conversation notice "
+            "without one carries its conversation id)",
             "location": "$message.payload#/generation_id",
         },
         "bindings": {"amqp": {"messageType": cls.TYPE, "bindingVersion": AMQP_BINDING}},
@@ -118,7 +121,7 @@ def _message(cls: type[Message]) -> dict[str, Any]:
             "correlation_id": "generation_id",
             "content_type": "application/json",
             "delivery_mode": 2,
-            "mandatory": True,
+            "mandatory": exchange_of(cls) != topology.LIVE,  # live updates may go unheard
             "routing_keys": list(routing_keys(cls)),
             "exchange": exchange_of(cls),
         },
@@ -233,6 +236,42 @@ def document(catalogue: dict[str, type[Message]] | None = None) -> dict[str, Any
             "messages": [_ref("channels", f"queue.{queue.name}", "messages", n) for n in refs],
             "bindings": {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING}},
         }
+
+    # The API's per-instance live queues: exclusive, auto-delete, one per running instance.
+    live = topology.LiveQueue("{instance_id}")
+    carried = list(
+        dict.fromkeys(
+            cls
+            for (exchange, key), classes in sorted(on_key.items())
+            if any(x == exchange and _routes(x, b, key) for x, b in live.bindings)
+            for cls in classes
+        )
+    )
+    refs = {c.__name__: _ref("components", "messages", c.__name__) for c in carried}
+    channels["queue.api.live"] = {
+        "address": live.name,
+        "title": "api.live.<instance>",
+        "description": "One API instance's live updates for the views it serves (SSE): "
+        "exclusive, auto-delete, capped; a view that misses one resyncs from the database",
+        "parameters": {"instance_id": {"description": "the API instance's random id"}},
+        "messages": refs,
+        "bindings": {
+            "amqp": {
+                "is": "queue",
+                "queue": {**_queue_binding(live.name), "durable": False, "exclusive": True}
+                | {"autoDelete": True},
+                "bindingVersion": AMQP_BINDING,
+            }
+        },
+        "x-queue-arguments": live.arguments(),
+        "x-bindings": [{"exchange": x, "routingKey": b} for x, b in live.bindings],
+    }
+    operations["api.receive.api.live"] = {
+        "action": "receive",
+        "title": "api consumes its live queue",
+        "channel": _ref("channels", "queue.api.live"),
+        "messages": [_ref("channels", "queue.api.live", "messages", n) for n in refs],
+    }
 
     return {
         "asyncapi": ASYNCAPI_VERSION,

@@ -270,11 +270,22 @@ def definitions(vhost: str = "/", passwords: Mapping[str, str] | None = None) ->
 # topology at start (the outbox relay's `declare`), which needs `configure` on every topology name,
 # `write` on every queue (queue.bind) and `read` on every exchange (the binding's source); that
 # grants no consuming and no publishing. The API's own per-instance queues live under `api.`.
+CONVERSATION_NOTICE_KEY = "conversation.message_created"
 PUBLISHES: dict[str, dict[str, tuple[str, ...]]] = {
-    "api": {EVENTS: ("generation.requested", *LIFECYCLE_KEYS)},
+    "api": {
+        EVENTS: ("generation.requested", *LIFECYCLE_KEYS),
+        LIVE: (CONVERSATION_NOTICE_KEY,),
+    },
     "orchestrator": {EVENTS: LIFECYCLE_KEYS, COMMANDS: ("render.requested",)},
     "worker": {EVENTS: ORCHESTRATOR_REPORTS.bindings},
-    "notifier": {COMMANDS: (WEBHOOK_DELIVERY_KEY, *(d.name for d in DELAY_QUEUES))},
+    "notifier": {
+        COMMANDS: (WEBHOOK_DELIVERY_KEY, *(d.name for d in DELAY_QUEUES)),
+        LIVE: (CONVERSATION_NOTICE_KEY,),
+    },
+}
+# What each service binds besides the work queues (the API's per-instance live queues).
+PRIVATE_BINDINGS: dict[str, tuple[tuple[str, str], ...]] = {
+    "api": LiveQueue("instance").bindings,
 }
 SERVICES = tuple(PUBLISHES)
 PRIVATE_PREFIX = {"api": "api."}  # exclusive, auto-delete queues a service names itself
@@ -331,13 +342,18 @@ def permissions(service: str) -> dict[str, str]:
     }
 
 
-def topic_permissions(service: str) -> dict[str, str]:
-    """On the topic exchange: publish only the service's own keys; bind only the binding keys
-    the topology has (every process declares every binding), never a wildcard of its own."""
-    bound = sorted({key for q in WORK_QUEUES if q.exchange == EVENTS for key in q.bindings})
+TOPIC_EXCHANGES = tuple(name for name, kind in EXCHANGES if kind == ExchangeType.TOPIC)
+
+
+def topic_permissions(service: str, exchange: str = EVENTS) -> dict[str, str]:
+    """On a topic exchange: publish only the service's own keys; bind only the keys the
+    topology binds (every process declares every work queue's bindings) and its own private
+    queues' keys, never a wildcard of its own."""
+    bound = {key for q in WORK_QUEUES if q.exchange == exchange for key in q.bindings}
+    bound |= {key for x, key in PRIVATE_BINDINGS.get(service, ()) if x == exchange}
     return {
-        "write": _topic_regex(PUBLISHES[service].get(EVENTS, ())),
-        "read": _exact(bound),
+        "write": _topic_regex(PUBLISHES[service].get(exchange, ())),
+        "read": _exact(sorted(bound)),
     }
 
 
@@ -367,8 +383,9 @@ def users(vhost: str = "/", passwords: Mapping[str, str] | None = None) -> dict[
         ],
         "permissions": [{"user": user_name(s), "vhost": vhost, **permissions(s)} for s in SERVICES],
         "topic_permissions": [
-            {"user": user_name(s), "vhost": vhost, "exchange": EVENTS, **topic_permissions(s)}
+            {"user": user_name(s), "vhost": vhost, "exchange": x, **topic_permissions(s, x)}
             for s in SERVICES
+            for x in TOPIC_EXCHANGES
         ],
     }
 
