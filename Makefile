@@ -31,3 +31,7 @@ definitions:
 .PHONY: asyncapi
 asyncapi:  # docs/asyncapi.json: the message catalogue as AsyncAPI 3.0, from the code
 	@uv="$(UV)"; "$$uv" run --frozen python -m shared.asyncapi > docs/asyncapi.json
+
+.PHONY: chaos
+chaos: prepare  ## the long fault-injection run: 200 generations through every fault in turn
+	@uv="$(UV)"; PYTHONPATH=. "$$uv" run --frozen python -m tests.faults.chaos --generations 200
