@@ -142,6 +142,28 @@ class Settings(BaseSettings):
         7 * 86400.0, gt=0, validation_alias="INBOX_RETENTION_SECONDS"
     )
 
+    # The worker's job scheduler and the Veo provider (services/veo-worker/README.md).
+    worker_lease_seconds: float = Field(
+        30.0, ge=1, le=3600, validation_alias="WORKER_LEASE_SECONDS"
+    )
+    veo_poll_interval_seconds: float = Field(
+        2.0, gt=0, le=300, validation_alias="VEO_POLL_INTERVAL_SECONDS"
+    )
+    veo_poll_max_interval_seconds: float = Field(
+        10.0, gt=0, le=600, validation_alias="VEO_POLL_MAX_INTERVAL_SECONDS"
+    )
+    veo_operation_deadline_seconds: float = Field(
+        1200.0, gt=0, le=7 * 24 * 3600, validation_alias="VEO_OPERATION_DEADLINE_SECONDS"
+    )
+    veo_max_in_flight: int = Field(1000, ge=1, le=100_000, validation_alias="VEO_MAX_IN_FLIGHT")
+    veo_max_concurrent_requests: int = Field(
+        32, ge=1, le=1000, validation_alias="VEO_MAX_CONCURRENT_REQUESTS"
+    )
+    veo_submissions_per_minute: int = Field(
+        10, ge=1, le=100_000, validation_alias="VEO_SUBMISSIONS_PER_MINUTE"
+    )
+    veo_max_retries: int = Field(5, ge=0, le=100, validation_alias="VEO_MAX_RETRIES")
+
     @field_validator("webhook_retry_schedule", mode="before")
     @classmethod
     def _parse_schedule(cls, value: Any) -> Any:
@@ -193,6 +215,10 @@ class Settings(BaseSettings):
             raise ValueError("VIDEO_PROVIDER=veo needs GEMINI_API_KEY (or VEO3_API_KEY)")
         if self.storage_backend == "s3" and not self.s3_bucket:
             raise ValueError("STORAGE_BACKEND=s3 needs S3_BUCKET (or R2_BUCKET_NAME)")
+        if self.veo_poll_max_interval_seconds < self.veo_poll_interval_seconds:
+            raise ValueError(
+                "VEO_POLL_MAX_INTERVAL_SECONDS must be at least VEO_POLL_INTERVAL_SECONDS"
+            )
         return self
 
     # Derived values: computed, never stored twice.

@@ -142,19 +142,57 @@ class InboxEntry(SQLModel, table=True):
 
 
 class RenderJob(SQLModel, table=True):
-    """Owner: veo-worker. One per generation: the provider job and where it stands."""
+    """Owner: veo-worker. One per generation: the provider job and where it stands.
+
+    status: queued, submitting (the Veo submit may be on the wire), running, succeeded, failed,
+    cancelled. A worker process works on a job only while it holds the lease (`lease_owner`,
+    `lease_until`, renewed by heartbeat); an expired lease lets another process take it over.
+    """
 
     __tablename__ = "render_jobs"
+    __table_args__ = (
+        sa.Index(
+            "ix_render_jobs_active",
+            "provider",
+            "status",
+            "created_at",
+            postgresql_where=sa.text("status IN ('queued', 'submitting', 'running')"),
+        ),
+    )
     generation_id: uuid.UUID = Field(foreign_key="generations.id", primary_key=True)
     user_id: uuid.UUID
     provider: str = Field(max_length=32)
-    status: str = Field(max_length=32)  # queued, submitted, running, succeeded, failed
+    status: str = Field(max_length=32)
     spec: dict[str, Any] = Field(default_factory=dict, sa_column=sa.Column(JSONB, nullable=False))
     operation_name: str | None = Field(default=None, max_length=500)
-    attempts: int = 0
+    attempts: int = 0  # times a worker process took the job up (1 + takeovers)
     error: dict[str, Any] | None = _json()
+    due_at: datetime | None = _ts(nullable=True)  # a queued job waits for this (retry backoff)
+    lease_owner: str | None = Field(default=None, max_length=100)
+    lease_until: datetime | None = _ts(nullable=True)
+    submitted_at: datetime | None = _ts(nullable=True)  # when the operation name was stored
+    deadline_at: datetime | None = _ts(nullable=True)
+    next_poll_at: datetime | None = _ts(nullable=True)
+    poll_count: int = 0
+    transient_errors: int = 0  # in a row, in the current step; reset by a success
     created_at: datetime = _ts(nullable=False, default=utcnow)
     updated_at: datetime = _ts(nullable=False, default=utcnow)
+
+
+class SubmitWindow(SQLModel, table=True):
+    """Owner: veo-worker. The global cap on provider submissions, shared by every worker
+    process: the times of the submissions of the last minute (a sliding window), taken under
+    the row's lock, and a pause set when the provider answers 429."""
+
+    __tablename__ = "submit_windows"
+    name: str = Field(primary_key=True, max_length=64)
+    stamps: list[datetime] = Field(
+        default_factory=list,
+        sa_column=sa.Column(
+            sa.ARRAY(sa.DateTime(timezone=True)), nullable=False, server_default="{}"
+        ),
+    )
+    paused_until: datetime | None = _ts(nullable=True)
 
 
 class WebhookEndpoint(SQLModel, table=True):
