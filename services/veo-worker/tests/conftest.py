@@ -9,21 +9,22 @@ import inspect
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, DeliveryMode
-from shared.db.models import Generation, RenderJob, User
+from shared.db.models import Generation, RenderJob, User, utcnow
 from shared.messages import RenderReported, RenderRequested
-from shared.runtime import ConsumerService
 from shared.schemas import RenderSpec
 from shared.settings import Settings
-from shared.topology import COMMANDS, EVENTS, NOTIFIER_EVENTS, ORCHESTRATOR_REPORTS
+from shared.topology import COMMANDS, EVENTS, NOTIFIER_EVENTS, ORCHESTRATOR_REPORTS, declare
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from veo_worker.handlers import RenderHandler
-from veo_worker.main import build
-from veo_worker.runner import RenderRunner
+from veo_worker.handlers import RenderCommands
+from veo_worker.main import WorkerService, build
+from veo_worker.scheduler import Scheduler
 
 PROMPT = "A paper boat drifting down a rain-soaked city street, neon reflections"
 
@@ -116,18 +117,24 @@ class Bus:
 async def bus(prepared: Settings) -> AsyncIterator[Bus]:
     connection = await aio_pika.connect(prepared.amqp_url)
     async with connection:
-        yield Bus(await connection.channel())
+        channel = await connection.channel()
+        await declare(channel)  # reports can be observed before any service has started
+        yield Bus(channel)
 
 
 @dataclass
 class Running:
-    service: ConsumerService
+    service: WorkerService
 
     @property
-    def runner(self) -> RenderRunner:
-        handler = self.service.subscriptions[0].handler
-        assert isinstance(handler, RenderHandler)
-        return handler.runner
+    def scheduler(self) -> Scheduler:
+        """Outcomes of the jobs this worker held (`scheduler.outcomes`)."""
+        return self.service.scheduler
+
+    @property
+    def commands(self) -> RenderCommands:
+        """Outcomes of the render commands it recorded (`commands.outcomes`)."""
+        return self.service.commands
 
 
 async def _purge_unconsumed(settings: Settings) -> None:
@@ -160,8 +167,14 @@ def running_worker_fixture(clean_db: None) -> RunWorker:
 
 
 @pytest.fixture
-async def worker(prepared: Settings, clean_db: None) -> AsyncIterator[Running]:
-    async with running_worker(prepared) as running:
+def worker_settings(prepared: Settings) -> Settings:
+    """The suite's settings with a short lease: a dead worker's jobs are taken over in ~2 s."""
+    return prepared.model_copy(update={"worker_lease_seconds": 2.0})
+
+
+@pytest.fixture
+async def worker(worker_settings: Settings, clean_db: None) -> AsyncIterator[Running]:
+    async with running_worker(worker_settings) as running:
         yield running
 
 
@@ -218,17 +231,25 @@ class Rows:
             gen.version += 1
 
     async def add_job(self, command: RenderRequested, **fields: Any) -> None:
-        """A job row as an earlier (crashed) attempt would have left it."""
+        """A job row as an earlier attempt would have left it; `crashed=True` gives it the
+        expired lease of a worker that died holding it."""
+        if fields.pop("crashed", False):
+            fields.update(lease_owner="dead-worker", lease_until=utcnow() - timedelta(seconds=5))
+        fields.setdefault("provider", "local")
         async with self.sessions() as session, session.begin():
             session.add(
                 RenderJob(
                     generation_id=command.generation_id,
                     user_id=command.user_id,
-                    provider="local",
                     spec=command.spec.model_dump(mode="json"),
                     **fields,
                 )
             )
+
+    async def reset_window(self) -> None:
+        """An empty submissions window (no test inherits another's submissions)."""
+        async with self.sessions() as session, session.begin():
+            await session.execute(text("DELETE FROM submit_windows"))
 
 
 @pytest.fixture

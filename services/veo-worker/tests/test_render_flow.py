@@ -1,4 +1,5 @@
-"""A render command end to end: render, probe, thumbnail, store, and the reports in order."""
+"""A render command end to end (local provider): recorded, claimed, rendered, probed, stored,
+with the reports in order."""
 
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ async def test_a_command_ends_with_a_stored_probed_mp4_and_ordered_reports(
 
     kinds = reports.kinds(command.generation_id)
     assert kinds[0] == "started" and kinds[-1] == "succeeded"
+    first = reports.of(command.generation_id)[0].progress
+    assert first is not None and (first.stage, first.queue_position) == ("queued", 1)
     assert set(kinds[1:-1]) == {"progress"} and len(kinds) >= 4
     progress = [r.progress for r in reports.of(command.generation_id)[1:-1]]
     stages = [p.stage for p in progress if p]
@@ -63,7 +66,7 @@ async def test_a_command_ends_with_a_stored_probed_mp4_and_ordered_reports(
 
     job = await rows.job(command.generation_id)
     assert job is not None and (job.status, job.attempts) == ("succeeded", 1)
-    assert worker.runner.outcomes["succeeded"] == 1
+    assert worker.scheduler.outcomes["succeeded"] == 1
     print(
         f"\n[measure] {aspect_ratio} {seconds}s local render end to end: {took:.2f}s "
         f"(processing_time_ms={result.processing_time_ms})"
@@ -77,4 +80,5 @@ async def test_health_and_readiness(worker: Running, prepared: Settings) -> None
         ready = await client.get("/readyz")
         assert ready.status_code == 200, ready.text
         assert ready.json()["consumers"] == {"worker.render": True}
+        assert ready.json()["scheduler"] is True
         assert "reelflow_worker_renders" in (await client.get("/metrics")).text

@@ -1,4 +1,5 @@
-"""Duplicates, cancellation, refusals, failures, crashes: each ends once and cleanly."""
+"""Duplicates, cancellation, refusals, failures, crashes (local provider): each job ends once
+and cleanly, and no command is held on the broker while it renders."""
 
 from __future__ import annotations
 
@@ -30,17 +31,18 @@ async def test_the_same_command_delivered_twice_renders_once(
     reports = await bus.reports()
     command = await rows.command()
     message_id = await bus.render(command)
-    await bus.render(command, message_id=message_id)  # both in flight at once (prefetch 2)
-    await eventually(lambda: sum(worker.runner.outcomes.values()) == 2)
-    assert worker.runner.outcomes["succeeded"] == 1
-    await bus.render(command)  # and a later copy with another id
-    await eventually(lambda: sum(worker.runner.outcomes.values()) == 3)
-    assert worker.runner.outcomes["succeeded"] == 1
+    await bus.render(command, message_id=message_id)  # a redelivery: the inbox drops it
+    await bus.render(command)  # and a copy with another id: the job row drops it
+    await eventually(lambda: worker.scheduler.outcomes["succeeded"] == 1)
+    await eventually(lambda: sum(worker.commands.outcomes.values()) == 2)
+    assert worker.commands.outcomes == {"queued": 1, "duplicate": 1}
     await asyncio.sleep(0.5)  # let any (wrong) extra report arrive
     kinds = reports.kinds(command.generation_id)
     assert kinds.count("started") == 1 and kinds.count("succeeded") == 1
+    assert worker.scheduler.outcomes == {"succeeded": 1}
     job = await rows.job(command.generation_id)
     assert job is not None and (job.status, job.attempts) == ("succeeded", 1)
+    assert job.lease_owner is None and job.lease_until is None
 
 
 async def test_a_cancelled_generation_is_not_rendered(
@@ -49,10 +51,11 @@ async def test_a_cancelled_generation_is_not_rendered(
     reports = await bus.reports()
     command = await rows.command(status="cancelled")
     await bus.render(command)
-    await eventually(lambda: worker.runner.outcomes["cancelled"] == 1)
+    await eventually(lambda: worker.commands.outcomes["cancelled"] == 1)
     assert await rows.job_status(command.generation_id) == "cancelled"
     await asyncio.sleep(0.5)
     assert reports.kinds(command.generation_id) == []
+    assert worker.scheduler.outcomes == {}
     assert not (Path(prepared.local_storage_dir) / "videos" / str(command.user_id)).exists()
 
 
@@ -64,7 +67,7 @@ async def test_cancel_during_the_render_stops_it(
     await bus.render(command)
     await eventually(lambda: "progress" in reports.kinds(command.generation_id))
     await rows.set_status(command.generation_id, "cancelled")
-    await eventually(lambda: worker.runner.outcomes["cancelled"] == 1)
+    await eventually(lambda: worker.scheduler.outcomes["cancelled"] == 1)
     assert await rows.job_status(command.generation_id) == "cancelled"
     await asyncio.sleep(0.5)
     kinds = reports.kinds(command.generation_id)
@@ -75,7 +78,7 @@ async def test_cancel_during_the_render_stops_it(
     assert not (Path(prepared.local_storage_dir) / "videos" / str(command.user_id)).exists()
 
 
-async def test_a_spec_the_provider_refuses_fails_as_invalid_request(
+async def test_a_spec_the_provider_refuses_fails_as_invalid_request_at_once(
     worker: Running, bus: Bus, rows: Rows, eventually: Eventually
 ) -> None:
     reports = await bus.reports()
@@ -86,10 +89,11 @@ async def test_a_spec_the_provider_refuses_fails_as_invalid_request(
     error = reports.of(command.generation_id)[0].error
     assert error is not None and error.code == "invalid_request"
     assert await rows.job_status(command.generation_id) == "failed"
+    assert worker.commands.outcomes == {"failed": 1}
 
 
 async def test_a_render_failure_is_reported_failed_not_retried(
-    prepared: Settings,
+    worker_settings: Settings,
     running_worker: RunWorker,
     bus: Bus,
     rows: Rows,
@@ -99,14 +103,14 @@ async def test_a_render_failure_is_reported_failed_not_retried(
 ) -> None:
     not_a_folder = tmp_path / "media-is-a-file"
     not_a_folder.write_text("storing under this path fails")
-    broken = prepared.model_copy(update={"local_storage_dir": not_a_folder})
+    broken = worker_settings.model_copy(update={"local_storage_dir": not_a_folder})
     async with running_worker(broken) as worker:
         reports = await bus.reports()
         command = await rows.command()
         await bus.render(command)
         await eventually(lambda: "failed" in reports.kinds(command.generation_id))
         await asyncio.sleep(0.5)
-        assert worker.runner.outcomes == {"failed": 1}  # once: no redelivery loop
+        assert worker.scheduler.outcomes == {"failed": 1}  # once: no retry loop
         assert await bus.queue_depth("worker.render") == 0
         assert await bus.queue_depth("worker.render.dlq") == 0
     kinds = reports.kinds(command.generation_id)
@@ -118,16 +122,27 @@ async def test_a_render_failure_is_reported_failed_not_retried(
     assert os.listdir(scratch) == [not_a_folder.name]
 
 
-async def test_a_job_left_running_by_a_crash_is_rendered_again(
+async def test_a_job_left_running_by_a_dead_worker_is_rendered_again(
+    worker: Running, bus: Bus, rows: Rows, eventually: Eventually
+) -> None:
+    """No command needed: the scheduler finds the job whose lease expired and takes it up."""
+    reports = await bus.reports()
+    command = await rows.command()
+    await rows.add_job(command, status="running", attempts=1, crashed=True)
+    await eventually(lambda: "succeeded" in reports.kinds(command.generation_id))
+    job = await rows.job(command.generation_id)
+    assert job is not None and (job.status, job.attempts) == ("succeeded", 2)
+
+
+async def test_a_job_handed_back_by_a_stopping_worker_is_not_counted_as_interrupted(
     worker: Running, bus: Bus, rows: Rows, eventually: Eventually
 ) -> None:
     reports = await bus.reports()
     command = await rows.command()
-    await rows.add_job(command, status="running", attempts=1)
-    await bus.render(command)  # the redelivered command
+    await rows.add_job(command, status="running", attempts=3)  # no lease: handed back
     await eventually(lambda: "succeeded" in reports.kinds(command.generation_id))
     job = await rows.job(command.generation_id)
-    assert job is not None and (job.status, job.attempts) == ("succeeded", 2)
+    assert job is not None and (job.status, job.attempts) == ("succeeded", 3)
 
 
 async def test_a_job_interrupted_too_often_fails_instead_of_looping(
@@ -135,8 +150,7 @@ async def test_a_job_interrupted_too_often_fails_instead_of_looping(
 ) -> None:
     reports = await bus.reports()
     command = await rows.command()
-    await rows.add_job(command, status="running", attempts=3)
-    await bus.render(command)
+    await rows.add_job(command, status="running", attempts=3, crashed=True)
     await eventually(lambda: reports.kinds(command.generation_id))
     assert reports.kinds(command.generation_id) == ["failed"]
     error = reports.of(command.generation_id)[0].error
@@ -158,8 +172,8 @@ async def test_an_unreadable_command_is_dead_lettered_and_does_not_block(
     await dlq.purge()
 
 
-async def test_a_worker_killed_mid_render_is_resumed_by_another(
-    prepared: Settings,
+async def test_a_worker_killed_mid_render_is_replaced_once_its_lease_expires(
+    worker_settings: Settings,
     env: dict[str, str],
     running_worker: RunWorker,
     reelflow_bin: str,
@@ -167,13 +181,13 @@ async def test_a_worker_killed_mid_render_is_resumed_by_another(
     rows: Rows,
     eventually: Eventually,
 ) -> None:
-    """kill -9 a worker process mid-render: the unacked command goes to the next worker, which
-    finds the job running (the dead worker's lock went with its connection) and renders it."""
+    """kill -9 a worker process mid-render: its command was acked long ago; the job's lease
+    expires and the next worker takes the job up from the database and renders it."""
     reports = await bus.reports()
     command = await rows.command(rows.spec(duration_seconds=8, resolution="1080p"))
     process = subprocess.Popen(
         [reelflow_bin, "worker"],
-        env={**os.environ, **env, "WORKER_METRICS_PORT": "0"},
+        env={**os.environ, **env, "WORKER_METRICS_PORT": "0", "WORKER_LEASE_SECONDS": "2"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -184,9 +198,10 @@ async def test_a_worker_killed_mid_render_is_resumed_by_another(
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
     assert "succeeded" not in reports.kinds(command.generation_id)
-    async with running_worker(prepared) as worker:
+    assert await bus.queue_depth("worker.render") == 0  # nothing held on the broker
+    async with running_worker(worker_settings) as worker:
         await eventually(lambda: "succeeded" in reports.kinds(command.generation_id))
-        assert worker.runner.outcomes == {"succeeded": 1}
+        assert worker.scheduler.outcomes == {"succeeded": 1}
     job = await rows.job(command.generation_id)
     assert job is not None and (job.status, job.attempts) == ("succeeded", 2)
-    assert reports.kinds(command.generation_id).count("started") == 2
+    assert reports.kinds(command.generation_id).count("started") == 1

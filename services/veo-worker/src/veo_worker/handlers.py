@@ -1,36 +1,48 @@
-"""The worker's consumer: parse the command (dead-letter what cannot be read), then run it.
+"""The worker's consumer: a render command only records its job (`queued`) and is acked.
 
-Not `IdempotentConsumer`: its inbox transaction would stay open for the whole render. The job
-row in `render_jobs` is the idempotency guard instead (see `jobs.py`), and the command is acked
-only when the job has ended (FastStream acks after this returns; an infrastructure error nacks
-it for redelivery).
-
-(No `from __future__ import annotations` here: FastStream reads the handler's annotations at
-runtime to inject the raw message.)
+Run by `IdempotentConsumer` (parse or dead-letter, inbox, one transaction, ack after commit):
+the job row, keyed by generation, is created once whatever copies of the command arrive, with
+the `started` report (stage `queued`, its place in the queue) in the same commit. A spec the
+provider cannot honour fails here at once (`invalid_request`); nothing waits on the broker.
 """
 
-from faststream.rabbit.annotations import RabbitMessage
-from shared.consumer import read_or_reject
-from shared.logging import get_logger, log_context
-from shared.messages import RenderRequested
-from shared.topology import WORKER_RENDER
+from __future__ import annotations
 
-from veo_worker.runner import RenderRunner
+from collections import Counter
+
+from prometheus_client import Counter as PromCounter
+from shared.logging import get_logger
+from shared.messages import RenderRequested
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from veo_worker.jobs import JobStore
+from veo_worker.providers.base import ProviderError, VideoProvider
 
 log = get_logger("WORKER")
 
 
-class RenderHandler:
-    def __init__(self, runner: RenderRunner) -> None:
-        self.runner = runner
+class RenderCommands:
+    def __init__(
+        self, store: JobStore, provider: VideoProvider, metric: PromCounter | None = None
+    ) -> None:
+        self.store = store
+        self.provider = provider
+        self.outcomes: Counter[str] = Counter()
+        self._metric = metric
 
-    async def __call__(self, message: RabbitMessage) -> None:
-        command = await read_or_reject(message, RenderRequested, WORKER_RENDER.name)
-        if command is None:
-            return
-        with log_context(
-            consumer=WORKER_RENDER.name,
-            message_id=message.raw_message.message_id,
-            generation_id=str(command.generation_id),
-        ):
-            await self.runner.run(command)
+    async def __call__(self, session: AsyncSession, command: RenderRequested) -> None:
+        refusal = None
+        try:
+            self.provider.check(command.spec)
+        except ProviderError as exc:
+            refusal = exc.info
+        outcome = await self.store.record(session, command, refusal)
+        self.outcomes[outcome] += 1
+        if self._metric is not None:
+            self._metric.labels(outcome=outcome).inc()
+        log.info(
+            "Render recorded",
+            outcome=outcome,
+            model=command.spec.model,
+            duration_seconds=command.spec.duration_seconds,
+        )

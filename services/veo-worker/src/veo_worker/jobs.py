@@ -1,142 +1,375 @@
-"""The job's life in `render_jobs` (owned by the worker) and its reports, in short transactions.
+"""The job's life in `render_jobs` (owned by the worker), in short transactions.
 
-The row is the worker's idempotency guard: a command for a job that already ended is a
-duplicate. A job being rendered is guarded by a PostgreSQL session advisory lock held on a
-connection of its own (not a transaction) for the whole render: a second delivery of the same
-command, here or in another worker process, finds the lock taken and is dropped, because the
-first delivery stays unacked until the job ends and is redelivered if its worker dies (which
-also releases the lock). Each report is a row in the outbox, committed with the job's new state.
+A job row is created `queued` by the command handler (which then acks: no delivery is held).
+A worker process works on a job only while it holds the row's lease (`lease_owner`,
+`lease_until`); it claims jobs with `FOR UPDATE SKIP LOCKED`, renews the leases of all it holds
+with one heartbeat statement, and every write of a job's progress is fenced by the lease (a
+process that lost it writes nothing). A killed process's jobs are claimed again by any process
+once their lease has expired; a stopping process hands its jobs back at once.
+
+Each report to the orchestrator is an outbox row committed with the job's new state.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from shared.db.models import Generation, RenderJob, utcnow
 from shared.logging import get_logger
 from shared.messages import RenderReported, RenderReportKind, RenderRequested
 from shared.outbox import OutboxRelay, enqueue
-from shared.schemas import ErrorInfo, Progress, RenderResult
+from shared.schemas import ErrorInfo, Progress, RenderResult, RenderSpec
 from shared.state_machine import Status
-from sqlalchemy import select, text, update
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlmodel import col
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 log = get_logger("JOB_MANAGER")
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-)
+QUEUED, SUBMITTING, RUNNING = "queued", "submitting", "running"
+SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED})
+TERMINAL_GENERATION = tuple(s.value for s in Status if s.is_terminal)
+WINDOW_SECONDS = 60.0
 
 
-@dataclass(frozen=True)
+class LeaseLost(Exception):
+    """Another process owns the job now (this one stalled past its lease): write nothing."""
+
+
+@dataclass
 class Job:
     generation_id: uuid.UUID
     user_id: uuid.UUID
+    provider: str
     status: str
-    attempts: int
+    spec: RenderSpec
     operation_name: str | None
+    attempts: int
+    transient_errors: int
+    poll_count: int
+    submitted_at: datetime | None
+    deadline_at: datetime | None
+    created_at: datetime
+    resumed: bool  # taken over from an earlier holder (not a fresh start)
 
 
-def _lock_key(generation_id: uuid.UUID) -> int:
-    # 64 random bits of the id: a collision between two jobs running at once is negligible.
-    return int.from_bytes(generation_id.bytes[:8], "big", signed=True)
+_COLUMNS = (
+    "generation_id, user_id, provider, status, spec, operation_name, attempts, "
+    "transient_errors, poll_count, submitted_at, deadline_at, created_at"
+)
+
+
+def _job(row: Any, *, resumed: bool) -> Job:
+    return Job(
+        generation_id=row.generation_id,
+        user_id=row.user_id,
+        provider=row.provider,
+        status=row.status,
+        spec=RenderSpec.model_validate(row.spec),
+        operation_name=row.operation_name,
+        attempts=row.attempts,
+        transient_errors=row.transient_errors,
+        poll_count=row.poll_count,
+        submitted_at=row.submitted_at,
+        deadline_at=row.deadline_at,
+        created_at=row.created_at,
+        resumed=resumed,
+    )
+
+
+def _free(alias: str = "") -> str:
+    prefix = f"{alias}." if alias else ""
+    return f"({prefix}lease_until IS NULL OR {prefix}lease_until < now())"
+
+
+# Jobs a process takes up again: left mid-way by a holder that died (lease expired) or handed
+# back by one that stopped (lease cleared). `attempts` counts only the takeovers after a death.
+_CLAIM_STARTED = text(
+    f"""
+    UPDATE render_jobs j SET lease_owner = :me,
+        lease_until = now() + make_interval(secs => :lease),
+        attempts = j.attempts + CASE WHEN j.lease_until IS NULL THEN 0 ELSE 1 END,
+        updated_at = now()
+    FROM (SELECT generation_id FROM render_jobs
+          WHERE provider = :provider AND status IN ('submitting', 'running') AND {_free()}
+          ORDER BY created_at LIMIT :n FOR UPDATE SKIP LOCKED) c
+    WHERE j.generation_id = c.generation_id
+    RETURNING {", ".join("j." + c.strip() for c in _COLUMNS.split(","))}
+    """
+)
+
+# Queued jobs, oldest first. For Veo the claim itself is the `submitting` marker: it commits
+# before the HTTP submit is sent. A retry after a transient error is not a new attempt.
+_CLAIM_QUEUED = text(
+    f"""
+    UPDATE render_jobs j SET lease_owner = :me,
+        lease_until = now() + make_interval(secs => :lease),
+        status = :status,
+        attempts = j.attempts + CASE WHEN j.transient_errors = 0 THEN 1 ELSE 0 END,
+        updated_at = now()
+    FROM (SELECT generation_id FROM render_jobs
+          WHERE provider = :provider AND status = 'queued' AND {_free()}
+            AND (due_at IS NULL OR due_at <= now())
+          ORDER BY created_at LIMIT :n FOR UPDATE SKIP LOCKED) c
+    WHERE j.generation_id = c.generation_id
+    RETURNING {", ".join("j." + c.strip() for c in _COLUMNS.split(","))}
+    """
+)
+
+_ANY_QUEUED = text(
+    f"""SELECT EXISTS (SELECT 1 FROM render_jobs WHERE provider = :provider
+        AND status = 'queued' AND {_free()} AND (due_at IS NULL OR due_at <= now()))"""
+)
+
+# Queued jobs whose generation ended (cancelled while waiting for a submission slot).
+_DROP_ENDED = text(
+    f"""
+    UPDATE render_jobs j SET status = 'cancelled', updated_at = now()
+    FROM generations g
+    WHERE g.id = j.generation_id AND j.provider = :provider AND j.status = 'queued'
+      AND {_free("j")} AND g.status = ANY(:ended)
+    RETURNING j.generation_id
+    """
+)
+
+_HEARTBEAT = text(
+    """
+    UPDATE render_jobs j SET lease_until = now() + make_interval(secs => :lease)
+    FROM generations g
+    WHERE j.generation_id = ANY(:ids) AND j.lease_owner = :me AND g.id = j.generation_id
+    RETURNING j.generation_id, g.status
+    """
+)
+
+_NEW_WINDOW = text("INSERT INTO submit_windows (name) VALUES (:n) ON CONFLICT DO NOTHING")
+_WINDOW = text(
+    "SELECT now() AS now, stamps, paused_until FROM submit_windows WHERE name = :n FOR UPDATE"
+)
 
 
 class JobStore:
     def __init__(
         self,
-        engine: AsyncEngine,
         sessions: async_sessionmaker[AsyncSession],
         relay: OutboxRelay,
         provider: str,
+        *,
+        owner: str,
+        lease_seconds: float,
     ) -> None:
-        self.engine = engine
         self.sessions = sessions
         self.relay = relay
         self.provider = provider
+        self.owner = owner
+        self.lease_seconds = lease_seconds
+        self.window_name = f"{provider}:submissions"
 
-    @asynccontextmanager
-    async def exclusive(self, generation_id: uuid.UUID) -> AsyncIterator[bool]:
-        """Yield True if this caller now owns the job until the block ends, False if another
-        delivery is rendering it right now."""
-        key = _lock_key(generation_id)
-        async with self.engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            held = bool(await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}))
-            try:
-                yield held
-            finally:
-                if held:
-                    try:
-                        await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                    except BaseException:
-                        await conn.invalidate()  # never pool a connection still holding it
-                        raise
+    # -- the command handler's side (inside the consumer's transaction) ------------------------
 
-    async def generation_status(self, generation_id: uuid.UUID) -> Status | None:
-        async with self.sessions() as session:
-            return await _status(session, generation_id)
-
-    async def open(self, command: RenderRequested) -> Job:
-        """The job for this command, created (queued) on first sight."""
-        async with self.sessions() as session, session.begin():
-            inserted = await session.execute(
-                insert(RenderJob)
-                .values(
-                    generation_id=command.generation_id,
-                    user_id=command.user_id,
-                    provider=self.provider,
-                    status=QUEUED,
-                    spec=command.spec.model_dump(mode="json"),
-                    attempts=0,
-                    created_at=utcnow(),
-                    updated_at=utcnow(),
+    async def record(
+        self, session: AsyncSession, command: RenderRequested, refusal: ErrorInfo | None
+    ) -> str:
+        """Create the job for a render command, once; the outcome, for logs and metrics."""
+        status = await _generation_status(session, command.generation_id)
+        if status is None:
+            return "missing"
+        values: dict[str, Any] = {"status": QUEUED, "error": None}
+        if status.is_terminal:
+            values["status"] = CANCELLED
+        elif refusal is not None:
+            values.update(status=FAILED, error=refusal.model_dump_json())
+        position = None
+        if values["status"] == QUEUED:
+            position = 1 + int(
+                await session.scalar(
+                    text(
+                        "SELECT count(*) FROM render_jobs WHERE provider = :p AND status = 'queued'"
+                    ),
+                    {"p": self.provider},
                 )
-                .on_conflict_do_nothing(index_elements=["generation_id"])
+                or 0
             )
-            row = (
+        inserted = await session.execute(
+            text(
+                """
+                INSERT INTO render_jobs (generation_id, user_id, provider, status, spec, error,
+                    attempts, poll_count, transient_errors, created_at, updated_at)
+                VALUES (:id, :user, :provider, :status, CAST(:spec AS jsonb),
+                    CAST(:error AS jsonb), 0, 0, 0, now(), now())
+                ON CONFLICT (generation_id) DO NOTHING
+                """
+            ),
+            {
+                "id": command.generation_id,
+                "user": command.user_id,
+                "provider": self.provider,
+                "spec": command.spec.model_dump_json(),
+                **values,
+            },
+        )
+        if not inserted.rowcount:  # type: ignore[attr-defined]
+            return "duplicate"
+        if values["status"] == FAILED:
+            assert refusal is not None
+            _report(session, command.generation_id, "failed", error=refusal)
+        elif values["status"] == QUEUED:
+            queued = Progress(stage="queued", queue_position=position)
+            _report(session, command.generation_id, "started", progress=queued)
+        return str(values["status"])
+
+    # -- the scheduler's side --------------------------------------------------------------------
+
+    async def ensure_window(self) -> None:
+        async with self.sessions() as session, session.begin():
+            await session.execute(_NEW_WINDOW, {"n": self.window_name})
+
+    async def claim_started(self, limit: int) -> list[Job]:
+        if limit <= 0:
+            return []
+        async with self.sessions() as session, session.begin():
+            rows = await session.execute(_CLAIM_STARTED, self._claim_args(limit))
+            return [_job(row, resumed=True) for row in rows]
+
+    async def claim_queued(self, limit: int, *, per_minute: int | None, status: str) -> list[Job]:
+        """Queued jobs, set to `status`; with `per_minute`, only as many as the global window
+        of submissions allows (taken under the window row's lock, shared by all processes)."""
+        if limit <= 0:
+            return []
+        async with self.sessions() as session, session.begin():
+            args = {"provider": self.provider}
+            await session.execute(_DROP_ENDED, {**args, "ended": list(TERMINAL_GENERATION)})
+            if not await session.scalar(_ANY_QUEUED, args):
+                return []
+            stamps: list[datetime] = []
+            now = None
+            if per_minute is not None:
+                window = (await session.execute(_WINDOW, {"n": self.window_name})).one_or_none()
+                if window is None:  # created at start; recreated if someone deleted it
+                    await session.execute(_NEW_WINDOW, {"n": self.window_name})
+                    window = (await session.execute(_WINDOW, {"n": self.window_name})).one()
+                now = window.now
+                if window.paused_until is not None and window.paused_until > now:
+                    return []
+                since = now - timedelta(seconds=WINDOW_SECONDS)
+                stamps = [s for s in window.stamps if s > since]
+                limit = min(limit, per_minute - len(stamps))
+                if limit <= 0:
+                    return []
+            rows = await session.execute(
+                _CLAIM_QUEUED, {**self._claim_args(limit), "status": status}
+            )
+            jobs = [_job(row, resumed=False) for row in rows]
+            if per_minute is not None and jobs:
                 await session.execute(
-                    select(RenderJob).where(col(RenderJob.generation_id) == command.generation_id)
+                    text("UPDATE submit_windows SET stamps = :s WHERE name = :n"),
+                    {"s": stamps + [now] * len(jobs), "n": self.window_name},
                 )
-            ).scalar_one()
-        if inserted.rowcount:  # type: ignore[attr-defined]
-            log.info("Job created", provider=self.provider)
-        return Job(row.generation_id, row.user_id, row.status, row.attempts, row.operation_name)
+            return jobs
 
-    async def start(self, job: Job) -> Job:
-        """running, one more attempt, and the `started` report."""
+    async def pause_submissions(self, seconds: float) -> None:
+        """Nobody submits for a while (the provider said 429): the window is shared."""
         async with self.sessions() as session, session.begin():
-            await self._set(session, job, status=RUNNING, attempts=job.attempts + 1)
-            self._report(session, job, "started", progress=Progress(stage="generating"))
+            await session.execute(
+                text(
+                    """UPDATE submit_windows SET paused_until = GREATEST(
+                        COALESCE(paused_until, now()), now() + make_interval(secs => :s))
+                    WHERE name = :n"""
+                ),
+                {"s": seconds, "n": self.window_name},
+            )
+
+    async def heartbeat(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, Status]:
+        """Renew the leases held here; the generation status of each job still held."""
+        if not ids:
+            return {}
+        async with self.sessions() as session, session.begin():
+            rows = await session.execute(
+                _HEARTBEAT, {"ids": ids, "me": self.owner, "lease": self.lease_seconds}
+            )
+            return {row.generation_id: Status(row.status) for row in rows}
+
+    async def release(self, ids: list[uuid.UUID]) -> None:
+        """Hand jobs back (a stopping process): any process may take them up at once."""
+        if not ids:
+            return
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                text(
+                    """UPDATE render_jobs SET lease_owner = NULL, lease_until = NULL
+                    WHERE generation_id = ANY(:ids) AND lease_owner = :me"""
+                ),
+                {"ids": ids, "me": self.owner},
+            )
+
+    # -- one job's steps (fenced by the lease) -----------------------------------------------------
+
+    async def requeue(self, job: Job, *, after_seconds: float, transient_errors: int) -> None:
+        """Back to the queue after a definite (not ambiguous) submission failure."""
+        async with self.sessions() as session, session.begin():
+            result = await session.execute(
+                text(
+                    """UPDATE render_jobs SET status = 'queued', transient_errors = :errors,
+                        due_at = now() + make_interval(secs => :after),
+                        lease_owner = NULL, lease_until = NULL, updated_at = now()
+                    WHERE generation_id = :id AND lease_owner = :me"""
+                ),
+                {
+                    "errors": transient_errors,
+                    "after": after_seconds,
+                    "id": job.generation_id,
+                    "me": self.owner,
+                },
+            )
+            if not result.rowcount:  # type: ignore[attr-defined]
+                raise LeaseLost(str(job.generation_id))
+
+    async def record_operation(
+        self, job: Job, name: str, *, deadline_seconds: float, first_poll_seconds: float
+    ) -> tuple[datetime, datetime]:
+        """The operation name, stored with `running` and the `submitted` report in one commit,
+        before any waiting. Its submission and deadline times."""
+        async with self.sessions() as session, session.begin():
+            submitted, deadline = (
+                await session.execute(
+                    text(
+                        """UPDATE render_jobs SET status = 'running', operation_name = :name,
+                            submitted_at = now(),
+                            deadline_at = now() + make_interval(secs => :deadline),
+                            next_poll_at = now() + make_interval(secs => :first),
+                            transient_errors = 0, due_at = NULL, updated_at = now()
+                        WHERE generation_id = :id AND lease_owner = :me
+                        RETURNING submitted_at, deadline_at"""
+                    ),
+                    {
+                        "name": name,
+                        "deadline": deadline_seconds,
+                        "first": first_poll_seconds,
+                        "id": job.generation_id,
+                        "me": self.owner,
+                    },
+                )
+            ).one()
+            _report(session, job.generation_id, "progress", progress=Progress(stage="submitted"))
         self.relay.wake()
-        log.info("Job running", attempt=job.attempts + 1)
-        return Job(job.generation_id, job.user_id, RUNNING, job.attempts + 1, job.operation_name)
+        return submitted, deadline
 
-    async def progress(self, job: Job, progress: Progress) -> bool:
-        """Report progress; False (and nothing reported) if the generation has ended."""
+    async def update(self, job: Job, **values: Any) -> None:
         async with self.sessions() as session, session.begin():
-            status = await _status(session, job.generation_id)
+            await self._set(session, job, **values)
+
+    async def progress(self, job: Job, progress: Progress, **values: Any) -> bool:
+        """Report progress (with any column changes); False if the generation has ended."""
+        async with self.sessions() as session, session.begin():
+            status = await _generation_status(session, job.generation_id)
             if status is None or status.is_terminal:
                 return False
-            await self._set(session, job)
-            self._report(session, job, "progress", progress=progress)
+            await self._set(session, job, **values)
+            _report(session, job.generation_id, "progress", progress=progress)
         self.relay.wake()
         return True
-
-    async def remember_operation(self, job: Job, operation_name: str) -> None:
-        async with self.sessions() as session, session.begin():
-            await self._set(session, job, operation_name=operation_name)
 
     async def succeed(self, job: Job, result: RenderResult) -> bool:
         """Record success and report it; False if the generation ended meanwhile."""
@@ -147,7 +380,7 @@ class JobStore:
 
     async def cancel(self, job: Job) -> None:
         async with self.sessions() as session, session.begin():
-            await self._set(session, job, status=CANCELLED)
+            await self._set(session, job, status=CANCELLED, lease_owner=None, lease_until=None)
         log.info("Job cancelled")
 
     async def _finish(
@@ -159,37 +392,65 @@ class JobStore:
         error: ErrorInfo | None = None,
     ) -> bool:
         async with self.sessions() as session, session.begin():
-            generation = await _status(session, job.generation_id)
+            generation = await _generation_status(session, job.generation_id)
+            done = dict(lease_owner=None, lease_until=None, next_poll_at=None)
             if generation is None or generation.is_terminal:  # cancelled meanwhile
-                await self._set(session, job, status=CANCELLED)
+                await self._set(session, job, status=CANCELLED, **done)
                 log.info("Job cancelled", instead_of=status)
                 return False
             await self._set(
-                session, job, status=status, error=error.model_dump() if error else None
+                session,
+                job,
+                status=status,
+                error=error.model_dump() if error else None,
+                **done,
             )
             if result is not None:
-                self._report(session, job, "succeeded", result=result)
+                _report(session, job.generation_id, "succeeded", result=result)
             else:
-                self._report(session, job, "failed", error=error)
+                _report(session, job.generation_id, "failed", error=error)
         self.relay.wake()
         log.info("Job finished", status=status)
         return True
 
     async def _set(self, session: AsyncSession, job: Job, **values: Any) -> None:
-        await session.execute(
-            update(RenderJob)
-            .where(col(RenderJob.generation_id) == job.generation_id)
-            .values(**values, updated_at=utcnow())
+        """Update the job's row if this process still holds its lease, else `LeaseLost`."""
+        params: dict[str, Any] = {"id": job.generation_id, "me": self.owner}
+        assignments = ["updated_at = now()"]
+        for column, value in values.items():
+            if column == "error":
+                assignments.append("error = CAST(:error AS jsonb)")
+                params["error"] = None if value is None else json.dumps(value)
+            else:
+                assignments.append(f"{column} = :{column}")
+                params[column] = value
+        result = await session.execute(
+            text(
+                f"UPDATE render_jobs SET {', '.join(assignments)} "
+                "WHERE generation_id = :id AND lease_owner = :me"
+            ),
+            params,
         )
+        if not result.rowcount:  # type: ignore[attr-defined]
+            raise LeaseLost(str(job.generation_id))
 
-    def _report(
-        self, session: AsyncSession, job: Job, kind: RenderReportKind, **fields: Any
-    ) -> None:
-        enqueue(session, RenderReported(generation_id=job.generation_id, kind=kind, **fields))
+    def _claim_args(self, limit: int) -> dict[str, Any]:
+        return {
+            "me": self.owner,
+            "lease": self.lease_seconds,
+            "provider": self.provider,
+            "n": limit,
+        }
 
 
-async def _status(session: AsyncSession, generation_id: uuid.UUID) -> Status | None:
+def _report(
+    session: AsyncSession, generation_id: uuid.UUID, kind: RenderReportKind, **fields: Any
+) -> None:
+    enqueue(session, RenderReported(generation_id=generation_id, kind=kind, **fields))
+
+
+async def _generation_status(session: AsyncSession, generation_id: uuid.UUID) -> Status | None:
     value = await session.scalar(
-        select(Generation.status).where(col(Generation.id) == generation_id)
+        text("SELECT status FROM generations WHERE id = :id"), {"id": generation_id}
     )
     return Status(value) if value is not None else None

@@ -1,40 +1,160 @@
-"""Wiring: settings in, a ConsumerService out (nothing happens at import time).
+"""Wiring: settings in, a `WorkerService` out (nothing happens at import time).
 
-At most `WORKER_CONCURRENCY` renders run at once: that is the consumer's prefetch, and each
-delivery is handled concurrently until acked.
+The consumer records render commands as jobs; the scheduler (`scheduler.py`) works them. One
+provider per process (`VIDEO_PROVIDER`): at most `VEO_MAX_IN_FLIGHT` Veo operations are waited
+on at once, or `WORKER_CONCURRENCY` local renders.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+import asyncio
+import os
+import socket
+import uuid
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+from shared.consumer import IdempotentConsumer
+from shared.media import Storage, build_storage
+from shared.messages import RenderRequested
 from shared.runtime import ConsumerService, ServiceRuntime, Subscription
 from shared.settings import Settings
 from shared.topology import WORKER_RENDER
 
-from veo_worker.handlers import RenderHandler
-from veo_worker.jobs import JobStore
+from veo_worker.flows import Flow, LocalFlow, VeoFlow
+from veo_worker.handlers import RenderCommands
+from veo_worker.jobs import RUNNING, SUBMITTING, JobStore
 from veo_worker.providers import build_provider
-from veo_worker.runner import RenderRunner
+from veo_worker.providers.veo import VeoProvider
+from veo_worker.scheduler import Scheduler
+from veo_worker.steps import Finisher
+
+PREFETCH = 20  # recording a job is one short transaction
 
 
-def build(settings: Settings) -> ConsumerService:
+class StorageHolder:
+    """The process's one storage client, built on first use and closed at shutdown."""
+
+    def __init__(self, runtime: ServiceRuntime) -> None:
+        self.runtime = runtime
+        self._storage: Storage | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> Storage:
+        async with self._lock:
+            if self._storage is None:
+                async with self.runtime.sessions() as session:
+                    self._storage = await build_storage(session, self.runtime.settings)
+            return self._storage
+
+    async def close(self) -> None:
+        close = getattr(self._storage, "close", None)
+        if close is not None:
+            await close()
+        self._storage = None
+
+
+class WorkerService(ConsumerService):
+    def __init__(
+        self,
+        runtime: ServiceRuntime,
+        commands: RenderCommands,
+        scheduler: Scheduler,
+        storage: StorageHolder,
+        provider: Any,
+        health_port: int | None,
+    ) -> None:
+        consumer = IdempotentConsumer(
+            WORKER_RENDER.name, RenderRequested, commands, runtime.sessions, runtime.relay
+        )
+        super().__init__(
+            runtime,
+            [Subscription(WORKER_RENDER, consumer)],
+            prefetch=PREFETCH,
+            health_port=health_port,
+        )
+        self.commands = commands
+        self.scheduler = scheduler
+        self.storage = storage
+        self.provider = provider
+
+    async def start(self) -> None:
+        await super().start()
+        await self.scheduler.start()
+
+    async def stop(self) -> None:
+        await self.scheduler.stop()  # hands jobs back while the database is still open
+        await super().stop()
+        await self.storage.close()
+        if isinstance(self.provider, VeoProvider):
+            await self.provider.aclose()
+
+    async def ready(self) -> dict[str, Any]:
+        checks = await super().ready()
+        checks["scheduler"] = self.scheduler.healthy and self.scheduler.last_claim_ok
+        checks["ok"] = bool(checks["ok"] and checks["scheduler"])
+        return checks
+
+
+def build(settings: Settings) -> WorkerService:
     provider = build_provider(settings)
-    concurrency = settings.worker_concurrency
-    # Per render: one connection holds the job's advisory lock, one runs the short steps.
-    runtime = ServiceRuntime.build("worker", settings, pool_size=2 * concurrency + 2)
-    jobs = JobStore(runtime.engine, runtime.sessions, runtime.relay, provider.name)
+    runtime = ServiceRuntime.build("worker", settings, pool_size=10 + settings.worker_concurrency)
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    store = JobStore(
+        runtime.sessions,
+        runtime.relay,
+        provider.name,
+        owner=owner,
+        lease_seconds=settings.worker_lease_seconds,
+    )
+    storage = StorageHolder(runtime)
+    finisher = Finisher(storage.get, cpu_slots=settings.worker_concurrency)
+    flow: Flow
+    if isinstance(provider, VeoProvider):
+        flow = VeoFlow(
+            settings,
+            store,
+            provider.client,
+            finisher,
+            requests=asyncio.Semaphore(settings.veo_max_concurrent_requests),
+            downloads=asyncio.Semaphore(4 * settings.worker_concurrency),
+        )
+        capacity, per_minute, claim_status = (
+            settings.veo_max_in_flight,
+            settings.veo_submissions_per_minute,
+            SUBMITTING,
+        )
+    else:
+        flow = LocalFlow(provider, finisher, store)
+        capacity, per_minute, claim_status = settings.worker_concurrency, None, RUNNING
     renders = Counter(
         "reelflow_worker_renders",
-        "Render commands handled, by outcome",
+        "Render jobs ended (or handed on), by outcome",
         ["outcome"],
         registry=runtime.registry,
     )
-    runner = RenderRunner(settings, jobs, provider, renders)
-    return ConsumerService(
-        runtime,
-        [Subscription(WORKER_RENDER, RenderHandler(runner))],
-        prefetch=concurrency,
-        health_port=settings.metrics_port_worker,
+    recorded = Counter(
+        "reelflow_worker_commands",
+        "Render commands recorded, by outcome",
+        ["outcome"],
+        registry=runtime.registry,
+    )
+    scheduler = Scheduler(
+        store,
+        flow,
+        capacity=capacity,
+        per_minute=per_minute,
+        claim_status=claim_status,
+        lease_seconds=settings.worker_lease_seconds,
+        metric=renders,
+    )
+    in_flight = Gauge(
+        "reelflow_worker_jobs_in_flight", "Jobs this process holds", registry=runtime.registry
+    )
+    in_flight.set_function(lambda: len(scheduler.held))
+    commands = RenderCommands(store, provider, recorded)
+    return WorkerService(
+        runtime, commands, scheduler, storage, provider, settings.metrics_port_worker
     )
 
 

@@ -1,24 +1,24 @@
-"""What a video provider is to the worker: check a spec up front, then make one video file.
+"""What a video provider is to the worker, and the failures a job can end in.
 
-The worker owns everything around the provider (the job row, reports, cancellation, probing,
-storage); a provider only turns a `RenderSpec` into an MP4 at a path. Long-running providers
-(Veo) record their operation name through `ProviderJob.remember_operation` before they wait,
-and get it back in `ProviderJob.operation_name` when a restarted worker resumes the job, so
-they poll the same operation instead of submitting (and paying) again.
+Two shapes of provider sit behind the same job table (`jobs.py`) and scheduler:
+- an inline renderer (`local`): `check` a spec, then `generate` one MP4 at a path, reporting
+  progress through a callback that doubles as the cancellation check;
+- a long-running remote one (`veo`): submit, poll, download, driven step by step by
+  `flows.VeoFlow`, because its waits last minutes and must survive a restart.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from shared.schemas import ErrorCode, ErrorInfo, Progress, RenderSpec
 
-# Called with the provider's progress; raises `JobCancelled` when the generation was cancelled,
-# which the provider must let propagate (it is how a render is stopped).
+# Called with the provider's progress; raises `JobCancelled` (or `Interrupted`) to stop the
+# render, which the provider must let propagate.
 ProgressCallback = Callable[[Progress], Coroutine[Any, Any, None]]
 
 
@@ -26,12 +26,16 @@ class JobCancelled(Exception):
     """The generation was cancelled (or otherwise ended) while its render was under way."""
 
 
+class Interrupted(Exception):
+    """The worker is stopping: leave the job as it is, another process resumes it."""
+
+
 class ProviderError(Exception):
     """A failure the provider can name: reported as `failed` with this code, never retried."""
 
     def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
-        self.info = ErrorInfo(code=code, message=message)
+        self.info = ErrorInfo(code=code, message=message[:1000])
 
 
 class InvalidRequest(ProviderError):
@@ -46,8 +50,6 @@ class ProviderJob:
     generation_id: uuid.UUID
     spec: RenderSpec
     attempt: int  # 1 on the first try; more when a crashed render is resumed
-    operation_name: str | None  # what an earlier attempt recorded, if anything
-    remember_operation: Callable[[str], Awaitable[None]]  # persist before waiting on it
 
 
 class VideoProvider(Protocol):
@@ -56,5 +58,7 @@ class VideoProvider(Protocol):
     def check(self, spec: RenderSpec) -> None:
         """Raise `InvalidRequest` for what the provider cannot honour (before any work)."""
 
+
+class InlineProvider(VideoProvider, Protocol):
     async def generate(self, job: ProviderJob, out_path: Path, progress: ProgressCallback) -> None:
         """Write the video to `out_path`, or raise `ProviderError` / `JobCancelled`."""

@@ -1,0 +1,140 @@
+"""What every job's flow shares: its context (lease, cancellation, stop), throttled progress
+reports, and the last steps — probe, thumbnail, upload — that turn a file into a result."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from shared.logging import get_logger
+from shared.media import Storage, thumbnail_key, video_key
+from shared.schemas import Progress, RenderResult
+
+from veo_worker.jobs import Job, JobStore, LeaseLost
+from veo_worker.local_render import render_thumbnail
+from veo_worker.probe import InvalidMedia, MediaInfo, probe_video
+from veo_worker.providers.base import Interrupted, JobCancelled, ProviderError
+
+log = get_logger("WORKER")
+
+T = TypeVar("T")
+
+
+class JobContext:
+    """One held job. The scheduler's heartbeat flags it when its generation ended or its lease
+    was lost, and a stopping worker flags them all; `check` and `sleep` turn flags into
+    exceptions at the flow's safe points."""
+
+    def __init__(self, job: Job, store: JobStore, stopping: asyncio.Event) -> None:
+        self.job = job
+        self.store = store
+        self.stopping = stopping
+        self.ended = False
+        self.lost = False
+        self.critical = False  # a submission is on the wire: let it finish when stopping
+        self._wakeup = asyncio.Event()
+
+    def end(self) -> None:
+        self.ended = True
+        self._wakeup.set()
+
+    def lose(self) -> None:
+        self.lost = True
+        self._wakeup.set()
+
+    def interrupt(self) -> None:
+        self._wakeup.set()
+
+    def check(self) -> None:
+        if self.lost:
+            raise LeaseLost(str(self.job.generation_id))
+        if self.ended:
+            raise JobCancelled(str(self.job.generation_id))
+        if self.stopping.is_set():
+            raise Interrupted(str(self.job.generation_id))
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait, but wake at once for a cancellation, a lost lease or a stop."""
+        self.check()
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), seconds)
+        self.check()
+
+
+class Reporter:
+    """Progress reports, at most one per `step` percent within a stage; each report also
+    checks that the generation is still live (`JobCancelled` if not)."""
+
+    def __init__(self, ctx: JobContext, *, step: float = 20.0) -> None:
+        self.ctx = ctx
+        self.step = step
+        self.last: Progress | None = None
+
+    def due(self, progress: Progress) -> bool:
+        last = self.last
+        if last is None or last.stage != progress.stage:
+            return True
+        return (progress.percent or 0) - (last.percent or 0) >= self.step
+
+    async def __call__(self, progress: Progress, **columns: Any) -> None:
+        self.ctx.check()
+        if not self.due(progress):
+            return
+        self.last = progress
+        if not await self.ctx.store.progress(self.ctx.job, progress, **columns):
+            raise JobCancelled(str(self.ctx.job.generation_id))
+        log.info("Render progress", stage=progress.stage, percent=progress.percent)
+
+
+async def step(name: str, work: Awaitable[T]) -> T:
+    """Run one step; an unexpected failure of the step itself becomes `internal`."""
+    try:
+        return await work
+    except (JobCancelled, Interrupted, LeaseLost, ProviderError):
+        raise
+    except InvalidMedia as exc:
+        raise ProviderError("internal", f"the provider's video is not usable: {exc}") from exc
+    except Exception as exc:
+        log.exception("Render step failed", step=name)
+        raise ProviderError(
+            "internal", f"{name} failed: {type(exc).__name__}: {exc}"[:500]
+        ) from exc
+
+
+class Finisher:
+    """Probe (what we report is the file's own duration and size, never the request's),
+    thumbnail, upload. CPU work runs in threads, at most `cpu_slots` at once."""
+
+    def __init__(self, storage: Callable[[], Awaitable[Storage]], cpu_slots: int) -> None:
+        self._storage = storage
+        self._cpu = asyncio.Semaphore(cpu_slots)
+
+    async def store(
+        self, job: Job, video: Path, report: Reporter, *, started_at: datetime
+    ) -> RenderResult:
+        thumbnail = video.with_name("thumbnail.jpg")
+        async with self._cpu:
+            info: MediaInfo = await step("probe", asyncio.to_thread(probe_video, video))
+            await step("thumbnail", asyncio.to_thread(render_thumbnail, video, thumbnail))
+        await report(Progress(stage="uploading"))
+        keys = (
+            video_key(job.user_id, job.generation_id),
+            thumbnail_key(job.user_id, job.generation_id),
+        )
+        storage = await self._storage()
+        await step("upload", storage.put_file(keys[0], video, "video/mp4"))
+        await step("upload", storage.put_file(keys[1], thumbnail, "image/jpeg"))
+        return RenderResult(
+            video_key=keys[0],
+            thumbnail_key=keys[1],
+            duration_seconds=info.duration_seconds,
+            file_size_bytes=info.file_size_bytes,
+            resolution=info.resolution,
+            format=info.format,
+            processing_time_ms=max(0, int((datetime.now(UTC) - started_at).total_seconds() * 1000)),
+        )
