@@ -4,6 +4,7 @@ with `Idempotency-Key` replays (the unique constraint settles two concurrent fir
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from shared.db.models import Generation, User, utcnow
@@ -36,7 +37,11 @@ async def create_generation(
     body: CreateGeneration,
     settings: Settings,
     idempotency_key: str | None,
+    *,
+    also: Callable[[Generation], Awaitable[None]] | None = None,
 ) -> Created:
+    """Create the generation; `also` stages more rows (e.g. the chat message that asked for it)
+    in the same transaction, after the generation's own."""
     user_id = user.id  # read now: a rollback below expires the loaded user
     params = body.generation_params()
     try:
@@ -87,6 +92,8 @@ async def create_generation(
     )
     db.add(gen)
     enqueue(db, GenerationRequested(generation_id=gen.id, user_id=user_id))
+    if also is not None:
+        await also(gen)
     try:
         await db.commit()
     except IntegrityError as exc:

@@ -9,7 +9,7 @@ should one happen anyway, the move re-reads and decides again.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shared.db.models import Generation
@@ -30,9 +30,15 @@ Plan = Callable[[Generation], tuple[Trigger, dict[str, Any]]]
 
 
 async def move(
-    db: AsyncSession, user_id: uuid.UUID, generation_id: uuid.UUID, plan: Plan
+    db: AsyncSession,
+    user_id: uuid.UUID,
+    generation_id: uuid.UUID,
+    plan: Plan,
+    *,
+    also: Callable[[Generation], Awaitable[None]] | None = None,
 ) -> tuple[Generation, Status]:
-    """Apply the planned move; the generation after it and the status it left."""
+    """Apply the planned move; the generation after it and the status it left. `also` stages
+    more rows (e.g. the chat message that made the move) in the move's transaction."""
     for _ in range(MAX_TRIES):
         gen = await owned_generation(db, user_id, generation_id, lock=True)
         before = Status(gen.status)
@@ -44,6 +50,8 @@ async def move(
         except ConcurrentUpdate:
             await db.rollback()
             continue
+        if also is not None:
+            await also(gen)
         await db.commit()
         return gen, before
     raise Problem(409, "the generation changed while this request ran; try again")
@@ -126,6 +134,42 @@ def answers_plan(answers: dict[str, str], settings: Settings) -> Plan:
             "estimated_cost_usd": pricing.estimate_cost(
                 analysis.spec, settings.price_per_second_usd
             ),
+        }
+
+    return plan
+
+
+def some_answers_plan(answers: dict[str, str], settings: Settings) -> Plan:
+    """Answers to some of the open questions (the chat's free text may answer one at a time).
+
+    All of them answered: the same move as `answers_plan`. Only some: they are kept in `answers`
+    and the questions still open are asked again (`questions_asked`, which announces them, so
+    the assistant asks what is left). Answers to questions that are not open are ignored."""
+
+    def plan(gen: Generation) -> tuple[Trigger, dict[str, Any]]:
+        _require(gen, Trigger.QUESTIONS_ASKED)
+        open_questions = [Question.model_validate(q) for q in gen.questions]
+        given = {q.id: answers[q.id] for q in open_questions if q.id in answers}
+        if not given:
+            raise invalid(
+                [{"field": "answers", "location": "body", "message": "answers no open question"}],
+                "the answers do not match the open questions",
+            )
+        if len(given) == len(open_questions):
+            return answers_plan(given, settings)(gen)
+        try:
+            clean = clarifier.check_answers([q for q in open_questions if q.id in given], given)
+        except clarifier.InvalidAnswer as exc:
+            raise invalid(
+                [
+                    {"field": f"answers.{qid}", "location": "body", "message": message}
+                    for qid, message in exc.errors.items()
+                ],
+                "some answers are invalid",
+            ) from None
+        return Trigger.QUESTIONS_ASKED, {
+            "answers": {**gen.answers, **clean},
+            "questions": [q.model_dump(mode="json") for q in open_questions if q.id not in clean],
         }
 
     return plan

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from shared.db.models import Conversation, Generation
 from shared.state_machine import Status
-from sqlalchemy import select, tuple_
+from sqlalchemy import select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.problems import not_found
@@ -50,11 +50,14 @@ async def page_of_generations(
     status: Status | None,
     limit: int,
     after: tuple[datetime, uuid.UUID] | None,
+    conversation_id: uuid.UUID | None = None,
 ) -> tuple[list[Generation], bool]:
     """Up to `limit` generations older than `after`, newest first, and whether more follow."""
     query = select(Generation).where(Generation.user_id == user_id)
     if status is not None:
         query = query.where(Generation.status == status.value)
+    if conversation_id is not None:
+        query = query.where(Generation.conversation_id == conversation_id)
     if after is not None:
         query = query.where(tuple_(Generation.created_at, Generation.id) < tuple_(*after))
     query = query.order_by(
@@ -63,3 +66,21 @@ async def page_of_generations(
     ).limit(limit + 1)
     rows = list((await db.scalars(query)).all())
     return rows[:limit], len(rows) > limit
+
+
+_QUEUE = text(
+    "SELECT id, position FROM ("
+    "  SELECT id, row_number() OVER (ORDER BY updated_at, id) AS position"
+    "  FROM generations WHERE status = 'confirmed'"
+    ") waiting WHERE id = ANY(:ids)"
+)
+
+
+async def queue_positions(db: AsyncSession, generations: list[Generation]) -> dict[uuid.UUID, int]:
+    """Each confirmed generation's place among all confirmed ones (everyone's), in the order
+    they were confirmed: how many renders are ahead of it, plus one."""
+    ids = [g.id for g in generations if g.status == Status.CONFIRMED.value]
+    if not ids:
+        return {}
+    rows = await db.execute(_QUEUE, {"ids": ids})
+    return {row.id: int(row.position) for row in rows}

@@ -54,7 +54,13 @@ def _progress(raw: dict[str, Any] | None) -> ProgressOut | None:
     )
 
 
-async def generation_out(gen: Generation, storage: Storage) -> GenerationOut:
+async def generation_out(
+    gen: Generation, storage: Storage, *, queue_position: int | None = None
+) -> GenerationOut:
+    """`queue_position`: for a confirmed generation waiting for a renderer (no progress yet)."""
+    progress = _progress(gen.progress)
+    if progress is None and queue_position is not None:
+        progress = ProgressOut(stage="queued", queue_position=queue_position)
     return GenerationOut(
         id=gen.id,
         status=Status(gen.status),
@@ -68,7 +74,7 @@ async def generation_out(gen: Generation, storage: Storage) -> GenerationOut:
         estimated_cost_usd=(
             float(gen.estimated_cost_usd) if gen.estimated_cost_usd is not None else None
         ),
-        progress=_progress(gen.progress),
+        progress=progress,
         result=await _result(gen.result, storage),
         error=ErrorOut(code=gen.error["code"], message=gen.error["message"]) if gen.error else None,
         created_at=gen.created_at,

@@ -15,7 +15,12 @@ from api.idempotency import check_key
 from api.moves import Plan, answers_plan, cancel_plan, confirm_plan, move
 from api.pagination import decode_cursor, encode_cursor
 from api.problems import responses
-from api.queries import owned_generation, page_of_generations
+from api.queries import (
+    ensure_conversation,
+    owned_generation,
+    page_of_generations,
+    queue_positions,
+)
 from api.schemas import CreateGeneration, GenerationOut, GenerationPage, SubmitAnswers
 from api.views import etag, etag_matches, generation_out
 
@@ -77,22 +82,33 @@ async def create(
 @router.get(
     "",
     response_model=GenerationPage,
-    responses=responses(401, 422),
-    summary="List your generations, newest first",
+    responses=responses(401, 404, 422),
+    summary="List your generations, newest first (by status and/or conversation)",
+    description="Confirmed generations waiting for a renderer show `progress.stage` `queued` "
+    "and their `progress.queue_position` (1 = next).",
 )
 async def list_generations(
     user: CurrentUser,
     db: Session,
     storage: AppStorage,
     status: Status | None = None,
+    conversation_id: Annotated[
+        uuid.UUID | None, Query(description="Only the generations of this conversation")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> GenerationPage:
     after = decode_cursor(cursor) if cursor else None
-    rows, more = await page_of_generations(db, user.id, status=status, limit=limit, after=after)
+    if conversation_id is not None:
+        await ensure_conversation(db, user.id, conversation_id)
+    rows, more = await page_of_generations(
+        db, user.id, status=status, limit=limit, after=after, conversation_id=conversation_id
+    )
     next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
+    waiting = await queue_positions(db, rows)
     return GenerationPage(
-        items=[await generation_out(g, storage) for g in rows], next_cursor=next_cursor
+        items=[await generation_out(g, storage, queue_position=waiting.get(g.id)) for g in rows],
+        next_cursor=next_cursor,
     )
 
 
