@@ -230,3 +230,14 @@ def test_literals_are_checked_before_connecting_and_names_are_left_to_the_resolv
         check_literal("[::ffff:127.0.0.1]")
     check_literal("example.com")
     check_literal("93.184.216.34")
+
+
+def test_an_event_without_a_trace_gets_one_traceparent_for_all_its_deliveries() -> None:
+    import re
+
+    from notifier.ids import traceparent_for
+
+    event = lifecycle(GEN, Event.CANCELLED, Status.CANCELLED)
+    value = traceparent_for(event_key(event))
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-00", value)
+    assert traceparent_for(event_key(copy(event))) == value

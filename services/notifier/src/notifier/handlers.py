@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from notifier.ids import event_key, webhook_id
+from notifier.ids import event_key, traceparent_for, webhook_id
 from notifier.messages import Reply, compose
 from notifier.payload import Links, serialise
 from notifier.targets import Target, targets_for
@@ -58,9 +58,8 @@ class LifecycleHandler:
                 await add_reply(session, event, key, reply)
         targets = await targets_for(session, event, self.settings.nextjs_url)
         if targets:
-            await add_deliveries(
-                session, event, key, targets, serialise(event, links), TRACEPARENT.get()
-            )
+            traceparent = TRACEPARENT.get() or traceparent_for(key)
+            await add_deliveries(session, event, key, targets, serialise(event, links), traceparent)
 
     async def links(self, event: LifecycleEvent) -> Links | None:
         result = event.snapshot.result

@@ -39,3 +39,10 @@ def event_key(event: LifecycleEvent) -> uuid.UUID:
 def webhook_id(key: uuid.UUID) -> str:
     """Standard Webhooks `webhook-id`: one per event, the same for every target and retry."""
     return f"msg_{key.hex}"
+
+
+def traceparent_for(key: uuid.UUID) -> str:
+    """A W3C `traceparent` for an event that arrived without one (no tracing upstream): the
+    event key as trace id, so every delivery and retry of one event reads as one trace. Flags
+    00: nothing was sampled or recorded for it."""
+    return f"00-{key.hex}-{key.hex[:16]}-00"
