@@ -7,6 +7,7 @@ import random
 import uuid
 from typing import TYPE_CHECKING
 
+from shared.db.models import Generation
 from shared.messages import RenderReported
 from shared.schemas import ErrorInfo, Progress, RenderResult
 
@@ -14,10 +15,10 @@ if TYPE_CHECKING:
     from conftest import Bus, Eventually, Rows, Running
 
 
-def result(gen_id: uuid.UUID) -> RenderResult:
+def result(gen: Generation) -> RenderResult:
     return RenderResult(
-        video_key=f"videos/u/{gen_id}.mp4",
-        thumbnail_key=f"videos/u/{gen_id}.jpg",
+        video_key=f"videos/{gen.user_id}/{gen.id}.mp4",
+        thumbnail_key=f"videos/{gen.user_id}/{gen.id}.jpg",
         duration_seconds=4.0,
         file_size_bytes=600_000,
         resolution="1280x720",
@@ -40,8 +41,8 @@ def progress(gen_id: uuid.UUID, percent: float, stage: str = "generating") -> Re
     )
 
 
-def succeeded(gen_id: uuid.UUID) -> RenderReported:
-    return RenderReported(generation_id=gen_id, kind="succeeded", result=result(gen_id))
+def succeeded(gen: Generation) -> RenderReported:
+    return RenderReported(generation_id=gen.id, kind="succeeded", result=result(gen))
 
 
 async def test_reports_move_processing_to_completed(
@@ -66,10 +67,10 @@ async def test_reports_move_processing_to_completed(
     await eventually(lambda: status_is("processing", version=3))
     progress_now = (await rows.get(gen.id)).progress
     assert progress_now is not None and progress_now["percent"] == 40
-    await bus.publish(succeeded(gen.id))
+    await bus.publish(succeeded(gen))
     await eventually(lambda: status_is("completed"))
     done = await rows.get(gen.id)
-    assert done.result == result(gen.id).model_dump(mode="json")
+    assert done.result == result(gen).model_dump(mode="json")
     assert done.progress is None and done.error is None
     await eventually(lambda: len(events.of(gen.id)) == 3)
     assert events.routing_keys(gen.id) == [
@@ -113,7 +114,7 @@ async def test_report_for_a_cancelled_generation_is_ignored(
     orchestrator: Running, bus: Bus, rows: Rows, eventually: Eventually
 ) -> None:
     gen = await rows.confirmed("cancelled")
-    for report in (started(gen.id), progress(gen.id, 60), succeeded(gen.id)):
+    for report in (started(gen.id), progress(gen.id, 60), succeeded(gen)):
         await bus.publish(report)
     consumer = orchestrator.consumer("orchestrator.reports")
     await eventually(lambda: consumer.handled == 3)
@@ -140,7 +141,7 @@ async def test_reordered_reports_still_end_completed(
     row = await rows.get(gen.id)
     assert row.progress is not None and row.progress["percent"] == 60
     assert row.version == 2  # only the move to processing
-    await bus.publish(succeeded(gen.id))
+    await bus.publish(succeeded(gen))
     await eventually(lambda: consumer.handled == 4)
     assert (await rows.get(gen.id)).status == "completed"
 
@@ -167,6 +168,6 @@ async def test_a_burst_of_reports_in_any_order_is_applied_consistently(
         row = await rows.get(gen.id)
         assert row.status == "processing"
         assert row.progress is not None and row.progress["stage"] == "uploading"
-    await asyncio.gather(*(bus.publish(succeeded(gen.id)) for gen in gens))
+    await asyncio.gather(*(bus.publish(succeeded(gen)) for gen in gens))
     await eventually(lambda: consumer.handled == len(reports) + len(gens))
     assert {(await rows.get(gen.id)).status for gen in gens} == {"completed"}

@@ -5,6 +5,7 @@ each is applied against the row as it is now:
 - a report for a terminal generation (cancelled while rendering, or a duplicate) is ignored;
 - a report for a generation still `confirmed` first moves it to `processing` (its `started`
   report may simply not have been applied yet);
+- a report that cannot be genuine (see `check_plausible`) is dead-lettered;
 - progress only moves forward (stage order, then percent): an older report arriving late is
   ignored rather than shown as progress going backwards.
 """
@@ -17,6 +18,7 @@ from shared.consumer import PermanentError
 from shared.db.models import Generation
 from shared.domain.transitions import apply_transition
 from shared.logging import get_logger
+from shared.media import thumbnail_key, video_key
 from shared.messages import RenderReported
 from shared.schemas import ErrorInfo, Progress
 from shared.state_machine import Status, Trigger
@@ -41,9 +43,21 @@ def _json(value: Progress | ErrorInfo) -> dict[str, Any]:
     return value.model_dump(mode="json")
 
 
+def check_plausible(gen: Generation, report: RenderReported) -> None:
+    """Bus input is validated like HTTP input: a report no worker could have sent (for a
+    generation never dispatched, or naming another generation's files) is dead-lettered."""
+    if Status(gen.status) in (Status.PENDING_CLARIFICATION, Status.PENDING_CONFIRMATION):
+        raise PermanentError(f"a render report for a generation that is {gen.status}")
+    if report.kind == "succeeded":
+        if report.result is None:
+            raise PermanentError("a succeeded report without a result")
+        expected = (video_key(gen.user_id, gen.id), thumbnail_key(gen.user_id, gen.id))
+        if (report.result.video_key, report.result.thumbnail_key) != expected:
+            raise PermanentError("a succeeded report naming files of another generation")
+
+
 async def apply_report(session: AsyncSession, gen: Generation, report: RenderReported) -> None:
-    if report.kind == "succeeded" and report.result is None:
-        raise PermanentError("a succeeded report without a result")
+    check_plausible(gen, report)
     status = Status(gen.status)
     if status not in (Status.CONFIRMED, Status.PROCESSING):
         # Terminal (cancelled while rendering, or already finished): the outcome stands.
