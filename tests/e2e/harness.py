@@ -63,14 +63,17 @@ async def serve_asgi(app: Any, port: int) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def running_pipeline(settings: Settings) -> AsyncIterator[None]:
-    """API (over real HTTP on settings.api_port), orchestrator, worker and notifier."""
+async def running_pipeline(settings: Settings, *, worker: bool = True) -> AsyncIterator[None]:
+    """API (over real HTTP on settings.api_port), orchestrator, worker and notifier
+    (`worker=False`: the test runs its worker itself, e.g. as a process it can kill)."""
     from api.app import create_app
     from notifier.main import build as build_notifier
     from orchestrator.main import build as build_orchestrator
     from veo_worker.main import build as build_worker
 
-    services = [build_orchestrator(settings), build_worker(settings), build_notifier(settings)]
+    services = [build_orchestrator(settings), build_notifier(settings)]
+    if worker:
+        services.insert(1, build_worker(settings))
     started = []
     try:
         for service in services:
