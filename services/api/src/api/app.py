@@ -17,7 +17,19 @@ from starlette.middleware import Middleware
 from api import problems
 from api.metrics import install_runtime_metrics
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from api.routes import admin, generations, media, ops, seed, webhooks
+from api.realtime import Realtime
+from api.routes import (
+    admin,
+    conversations,
+    events,
+    generations,
+    history,
+    media,
+    ops,
+    seed,
+    web,
+    webhooks,
+)
 
 log = get_logger("API")
 
@@ -32,6 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = ServiceRuntime.build("api", settings)
         probe: aio_pika.abc.AbstractRobustConnection | None = None
+        realtime: Realtime | None = None
         try:
             await runtime.start()
             async with runtime.sessions() as session:
@@ -40,9 +53,12 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.runtime = runtime
             app.state.broker_probe = probe
             app.state.metrics = install_runtime_metrics(runtime)
+            app.state.realtime = realtime = await Realtime.start(runtime)  # SSE feed, tokens
             log.info("API started", url=settings.public_url, provider=settings.provider)
             yield
         finally:
+            if realtime is not None:
+                await realtime.close()
             if probe is not None:
                 await probe.close()
             await runtime.close()
@@ -63,4 +79,8 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (generations, admin, seed, media, ops):
         app.include_router(module.router)
     app.include_router(webhooks.router)
+    app.include_router(conversations.router)  # the chat
+    app.include_router(events.router)  # live streams (SSE)
+    app.include_router(history.router)  # generation timelines
+    app.include_router(web.router)  # the web page at /
     return app

@@ -1,0 +1,165 @@
+"""The live feed: one broker queue per API instance, fanned out in-process to open streams.
+
+Each instance declares `api.live.<instance id>` (exclusive, auto-delete), bound to every
+lifecycle event and to conversation message notices, and consumes it without acks: a live
+update that is lost costs nothing, because each stream knows the last version it sent and
+catches up from the database (the outbox rows of the generation) whenever it sees a gap, falls
+behind, or the broker connection comes back. No stream polls the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from shared.logging import get_logger
+from shared.messages import (
+    ConversationMessageCreated,
+    LifecycleEvent,
+    Message,
+    UnknownMessage,
+    parse_message,
+)
+from shared.topology import LiveQueue, declare, declare_live_queue
+
+log = get_logger("LIVE")
+
+# What a subscriber receives: a lifecycle event or a message notice.
+Update: TypeAlias = LifecycleEvent | ConversationMessageCreated
+
+
+class Subscriber:
+    """One open stream's inbox. Bounded: a stream that cannot keep up drops what is queued and
+    is told to catch up from the database instead (`lagged`)."""
+
+    def __init__(self, leave: Callable[[Subscriber], None], max_pending: int = 256) -> None:
+        self._leave: Callable[[Subscriber], None] | None = leave
+        self._pending: deque[Update] = deque()
+        self._max = max_pending
+        self._ready = asyncio.Event()
+        self._lagged = False
+
+    def push(self, update: Update) -> None:
+        if len(self._pending) >= self._max:
+            self._pending.clear()
+            self._lagged = True
+        else:
+            self._pending.append(update)
+        self._ready.set()
+
+    def resync(self) -> None:
+        """Updates may have been missed (the broker connection dropped): catch up."""
+        self._lagged = True
+        self._ready.set()
+
+    async def wait(self, within: float) -> list[Update] | None:
+        """What arrived since the last call, or None when `within` seconds passed with nothing."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), within)
+        except TimeoutError:
+            return None
+        self._ready.clear()
+        batch = list(self._pending)
+        self._pending.clear()
+        return batch
+
+    def take_lagged(self) -> bool:
+        lagged, self._lagged = self._lagged, False
+        return lagged
+
+    def close(self) -> None:
+        """Stop receiving (idempotent)."""
+        if self._leave is not None:
+            self._leave(self)
+            self._leave = None
+
+
+class LiveFeed:
+    def __init__(self, amqp_url: str, instance_id: str | None = None) -> None:
+        self._url = amqp_url
+        self.queue = LiveQueue(instance_id or uuid.uuid4().hex)
+        self._connection: AbstractRobustConnection | None = None
+        self._by_generation: dict[uuid.UUID, set[Subscriber]] = defaultdict(set)
+        self._by_conversation: dict[uuid.UUID, set[Subscriber]] = defaultdict(set)
+        self.received = 0
+
+    async def start(self) -> None:
+        self._connection = await aio_pika.connect_robust(self._url)
+        # The queue is exclusive to this connection: when it drops, the broker deletes the
+        # queue, and the robust connection declares it again on reconnect. What was published
+        # in between is gone, so every stream catches up from the database.
+        self._connection.reconnect_callbacks.add(self._on_reconnect)
+        channel = await self._connection.channel()
+        await declare(channel, queues=(), delays=())  # the exchanges we bind to
+        queue = await declare_live_queue(channel, self.queue)
+        await queue.consume(self._on_message, no_ack=True)
+        log.info("Live feed started", queue=self.queue.name)
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+        for subscribers in (*self._by_generation.values(), *self._by_conversation.values()):
+            for subscriber in subscribers:
+                subscriber.resync()
+
+    @property
+    def healthy(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed
+
+    @property
+    def subscribers(self) -> int:
+        return sum(len(s) for s in self._by_generation.values()) + sum(
+            len(s) for s in self._by_conversation.values()
+        )
+
+    def generation(self, generation_id: uuid.UUID) -> Subscriber:
+        """Updates of one generation, until the subscriber is closed."""
+        return self._subscribe(self._by_generation, generation_id)
+
+    def conversation(self, conversation_id: uuid.UUID) -> Subscriber:
+        """Message notices and lifecycle events of one conversation, until closed."""
+        return self._subscribe(self._by_conversation, conversation_id)
+
+    @staticmethod
+    def _subscribe(registry: dict[uuid.UUID, set[Subscriber]], key: uuid.UUID) -> Subscriber:
+        def leave(subscriber: Subscriber) -> None:
+            registry[key].discard(subscriber)
+            if not registry[key]:
+                del registry[key]
+
+        subscriber = Subscriber(leave)
+        registry[key].add(subscriber)
+        return subscriber
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self.received += 1
+        try:
+            update: Message = parse_message(message.type, message.body)
+        except (UnknownMessage, ValueError) as exc:
+            log.warning("Live update ignored", type=message.type, error=str(exc)[:200])
+            return
+        if isinstance(update, LifecycleEvent):
+            self._fan_out(self._by_generation, update.generation_id, update)
+            if update.conversation_id is not None:
+                self._fan_out(self._by_conversation, update.conversation_id, update)
+        elif isinstance(update, ConversationMessageCreated):
+            self._fan_out(self._by_conversation, update.conversation_id, update)
+
+    @staticmethod
+    def _fan_out(
+        registry: dict[uuid.UUID, set[Subscriber]], key: uuid.UUID, update: Update
+    ) -> None:
+        for subscriber in registry.get(key, ()):
+            subscriber.push(update)
+
+    async def _on_reconnect(self, *_: Any) -> None:
+        log.warning("Live feed reconnected; open streams catch up from the database")
+        for registry in (self._by_generation, self._by_conversation):
+            for subscribers in registry.values():
+                for subscriber in subscribers:
+                    subscriber.resync()

@@ -1,0 +1,30 @@
+"""What the live routes need, built in the app's lifespan: the feed and the stream tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.media import load_signing_secret
+from shared.runtime import ServiceRuntime
+
+from api.live import LiveFeed
+from api.streamauth import StreamTokens
+
+
+@dataclass
+class Realtime:
+    feed: LiveFeed
+    tokens: StreamTokens
+    heartbeat_seconds: float
+
+    @classmethod
+    async def start(cls, runtime: ServiceRuntime) -> Realtime:
+        settings = runtime.settings
+        async with runtime.sessions() as session:
+            secret = await load_signing_secret(session, settings)
+        feed = LiveFeed(settings.amqp_url)
+        await feed.start()
+        return cls(feed, StreamTokens(secret), settings.sse_heartbeat_seconds)
+
+    async def close(self) -> None:
+        await self.feed.close()

@@ -1,0 +1,144 @@
+"""Live streams (Server-Sent Events) and the stream tokens that let a browser open them.
+
+See `api.streams` for what the streams carry and `api.streamauth` for how they are authorised.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from shared.logging import get_logger
+from shared.state_machine import Status
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from api.chat_schemas import StreamToken
+from api.conversations import owned_conversation
+from api.deps import AppStorage, CurrentUser, runtime
+from api.live import Subscriber
+from api.problems import responses
+from api.queries import owned_generation
+from api.realtime import Realtime
+from api.streamauth import StreamUser
+from api.streams import (
+    HEADERS,
+    MEDIA_TYPE,
+    ConversationStream,
+    GenerationStream,
+    StreamDeps,
+    last_event_id,
+)
+
+router = APIRouter(tags=["live"])
+log = get_logger("LIVE")
+
+_SSE: dict[int | str, dict[str, Any]] = {
+    200: {"description": "A stream of Server-Sent Events", "content": {MEDIA_TYPE: {}}},
+    **responses(401, 404),
+}
+LastEventId = Annotated[
+    str | None,
+    Header(alias="Last-Event-ID", description="Resume after this event (EventSource sends it)"),
+]
+LastEventQuery = Annotated[
+    str | None,
+    Query(max_length=20, description="Resume after this event, for a first connection"),
+]
+
+
+def _realtime(request: Request) -> Realtime:
+    return request.app.state.realtime
+
+
+def _deps(request: Request, storage: Any) -> StreamDeps:
+    realtime = _realtime(request)
+    return StreamDeps(runtime(request).sessions, storage, realtime.heartbeat_seconds)
+
+
+class EventStream(StreamingResponse):
+    """An SSE response that ends its subscription however the response ends (finished, the
+    client gone, or cancelled before the first byte)."""
+
+    def __init__(self, subscriber: Subscriber, events: AsyncIterator[bytes]) -> None:
+        super().__init__(events, media_type=MEDIA_TYPE, headers=HEADERS)
+        self.subscriber = subscriber
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.subscriber.close()
+
+
+@router.post(
+    "/v1/stream-tokens",
+    status_code=201,
+    response_model=StreamToken,
+    responses=responses(401),
+    summary="A short-lived token to open live streams from a browser (EventSource)",
+)
+async def stream_token(user: CurrentUser, request: Request) -> StreamToken:
+    token, expires_at = _realtime(request).tokens.issue(user.id)
+    return StreamToken(token=token, expires_at=expires_at)
+
+
+@router.get(
+    "/v1/generations/{generation_id}/events",
+    response_class=StreamingResponse,
+    responses=_SSE,
+    summary="A generation's lifecycle as Server-Sent Events, until it finishes",
+)
+async def generation_events(
+    generation_id: uuid.UUID,
+    request: Request,
+    user: StreamUser,
+    storage: AppStorage,
+    last_event: LastEventId = None,
+    last_event_id_query: Annotated[LastEventQuery, Query(alias="last_event_id")] = None,
+) -> Response:
+    resume_after = last_event_id(last_event, last_event_id_query)
+    # Subscribe before reading, so nothing published in between is missed.
+    subscriber = _realtime(request).feed.generation(generation_id)
+    try:
+        async with runtime(request).sessions() as db:
+            gen = await owned_generation(db, user.id, generation_id)
+    except BaseException:
+        subscriber.close()
+        raise
+    if Status(gen.status).is_terminal and resume_after is not None and resume_after >= gen.version:
+        # The client has the final event: 204 tells an EventSource not to reconnect.
+        subscriber.close()
+        return Response(status_code=204)
+    stream = GenerationStream(_deps(request, storage), subscriber, gen, resume_after)
+    log.info("Generation stream opened", generation_id=str(gen.id), resume_after=resume_after)
+    return EventStream(subscriber, stream.events())
+
+
+@router.get(
+    "/v1/conversations/{conversation_id}/events",
+    response_class=StreamingResponse,
+    responses=_SSE,
+    summary="A conversation's new messages and its generations' lifecycle events",
+)
+async def conversation_events(
+    conversation_id: uuid.UUID,
+    request: Request,
+    user: StreamUser,
+    storage: AppStorage,
+    last_event: LastEventId = None,
+    last_event_id_query: Annotated[LastEventQuery, Query(alias="last_event_id")] = None,
+) -> Response:
+    resume_after = last_event_id(last_event, last_event_id_query)
+    subscriber = _realtime(request).feed.conversation(conversation_id)
+    try:
+        async with runtime(request).sessions() as db:
+            await owned_conversation(db, user.id, conversation_id)
+    except BaseException:
+        subscriber.close()
+        raise
+    stream = ConversationStream(_deps(request, storage), subscriber, conversation_id, resume_after)
+    log.info("Conversation stream opened", conversation_id=str(conversation_id))
+    return EventStream(subscriber, stream.events())
