@@ -378,7 +378,7 @@ def loopback_name() -> str:
     """A host name this machine resolves to loopback (its own, from /etc/hosts), or localhost."""
     name = socket.gethostname()
     try:
-        found = {a[4][0] for a in socket.getaddrinfo(name, 80, type=socket.SOCK_STREAM)}
+        found = {str(a[4][0]) for a in socket.getaddrinfo(name, 80, type=socket.SOCK_STREAM)}
     except OSError:
         return "localhost"
     return name if found and all(a.startswith("127.") or a == "::1" for a in found) else "localhost"

@@ -336,7 +336,7 @@ async def queued_commands(
         rows = await s.scalars(
             select(OutboxMessage)
             .where(OutboxMessage.type == WebhookDeliveryRequested.TYPE)
-            .order_by(OutboxMessage.id)  # type: ignore[arg-type]
+            .order_by(OutboxMessage.id)
         )
         return [WebhookDeliveryRequested.model_validate_json(r.body) for r in rows]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, DeliveryMode
@@ -71,7 +72,7 @@ async def test_during_the_grace_period_the_old_and_new_secrets_both_verify(
     assert verifies(endpoint.secret, later) and not verifies(OLD, later)
 
 
-async def _hits(receiver: Receiver, n: int) -> list:  # type: ignore[type-arg]
+async def _hits(receiver: Receiver, n: int) -> list[Any]:
     return receiver.hits if len(receiver.hits) >= n else []
 
 
@@ -230,7 +231,7 @@ def loopback_name() -> str:
     /etc/hosts says so, else localhost."""
     name = socket.gethostname()
     try:
-        found = {a[4][0] for a in socket.getaddrinfo(name, 80, type=socket.SOCK_STREAM)}
+        found = {str(a[4][0]) for a in socket.getaddrinfo(name, 80, type=socket.SOCK_STREAM)}
     except OSError:
         return "localhost"
     return name if found and all(a.startswith("127.") or a == "::1" for a in found) else "localhost"
