@@ -49,7 +49,7 @@ CRASH_WINDOW = (
     "it was not submitted again, because Veo may have accepted it and would charge twice"
 )
 RECORD_RETRY_SECONDS = 120.0  # how long a submitted operation's name is retried into the DB
-GENERATING_STEP = 10.0  # percent between two `generating` reports
+GENERATING_STEP = 20.0  # percent between two `generating` reports (about every 10 s)
 DEFAULT_TYPICAL_SECONDS = 75.0
 
 
