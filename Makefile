@@ -19,6 +19,7 @@ run: prepare
 	@uv="$(UV)"; exec "$$uv" run --frozen reelflow run
 
 test: prepare
+	@bash scripts/ensure-browser.sh
 	@uv="$(UV)"; "$$uv" run --frozen pytest
 
 lint:
