@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -226,9 +227,10 @@ async def test_every_status_in_order_on_two_instances_and_resume_loses_nothing(
 
 
 async def test_a_finished_generation_sends_its_final_state_once_and_auth_is_checked(
-    cluster: Cluster,
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     c = cluster
+    caplog.set_level(logging.DEBUG)
     created = await c.b.create(
         {
             "prompt": "a red fox running through fresh snow at dawn, cinematic",
@@ -278,6 +280,13 @@ async def test_a_finished_generation_sends_its_final_state_once_and_auth_is_chec
         assert (
             await client.get(c.url(c.a, f"/v1/generations/{gen_id}"), headers=_auth(token))
         ).status_code == 401
+    # Neither keys nor tokens reach the server's logs (its access line names the route, not
+    # the URL). The test's own HTTP client logs its URLs: those lines are not the server's.
+    server = [r for r in caplog.records if r.name.startswith(("reelflow", "uvicorn", "api"))]
+    logged = "".join(f"{r.getMessage()} {r.__dict__}" for r in server)
+    assert "/v1/generations/{generation_id}/events" in logged
+    for secret in (c.key, c.other_key, token, other_token, forged):
+        assert secret not in logged
 
 
 async def test_the_conversation_stream_carries_messages_and_statuses_and_resumes(

@@ -1,0 +1,89 @@
+"""A live stream survives the broker going away: the instance's exclusive queue dies with its
+connection, so whatever was published meanwhile never reaches it; on reconnect the feed tells
+every open stream to catch up from the database, and the stream delivers what it missed."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+from api.app import create_app
+from shared.db.models import Generation
+from shared.domain.transitions import apply_transition
+from shared.settings import Settings, load_settings
+from shared.state_machine import Trigger
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlmodel import col
+
+from tests.e2e.harness import eventually, serve_asgi
+from tests.infra import PrivateRabbit
+from tests.support import ADMIN_KEY, free_port
+
+from .test_sse import Recorder
+
+
+async def test_a_stream_catches_up_on_what_the_broker_lost(
+    env: dict[str, str],
+    prepared: Settings,
+    clean_db: None,
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    rabbit = PrivateRabbit()
+    await asyncio.to_thread(rabbit.start)
+    try:
+        port = free_port()
+        settings = load_settings(
+            **{**env, "AMQP_URL": rabbit.url, "API_PORT": str(port), "SSE_HEARTBEAT_SECONDS": "0.5"}
+        )
+        async with (
+            serve_asgi(create_app(settings), port),
+            httpx.AsyncClient(base_url=settings.public_url) as http,
+        ):
+            made = await http.post(
+                "/v1/admin/users",
+                json={"name": "live"},
+                headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            )
+            auth = {"Authorization": f"Bearer {made.json()['api_key']}"}
+            gen_id = (
+                await http.post("/v1/generations", json={"prompt": "a fox"}, headers=auth)
+            ).json()["id"]
+            stream = Recorder()
+            url = f"{settings.public_url}/v1/generations/{gen_id}/events"
+            task = asyncio.create_task(stream.run(url, auth))
+
+            async def opened() -> bool:
+                return len(stream.seen) == 1
+
+            await eventually(opened, within=10)
+            assert (stream.seen[0].id, stream.seen[0].name) == ("1", "generation.requested")
+
+            # A change whose event the broker will never carry: committed with its outbox row
+            # already marked as sent (as if published while nobody's queue was there).
+            async with sessions() as session, session.begin():
+                gen = await session.scalar(
+                    select(Generation)
+                    .where(col(Generation.id) == uuid.UUID(gen_id))
+                    .with_for_update()
+                )
+                assert gen is not None
+                await apply_transition(session, gen, Trigger.CANCEL)
+                await session.execute(
+                    text("UPDATE outbox SET published_at = now() WHERE correlation_id = :g"),
+                    {"g": gen_id},
+                )
+            await asyncio.sleep(1.5)
+            assert len(stream.seen) == 1  # the stream has not heard: it is fed by the broker
+
+            # The broker restarts: on reconnect the feed has every stream catch up.
+            await asyncio.to_thread(rabbit.restart)
+            await asyncio.wait_for(task, 60)
+            assert [(e.id, e.name) for e in stream.seen] == [
+                ("1", "generation.requested"),
+                ("2", "generation.cancelled"),
+            ]
+            assert stream.ended
+    finally:
+        await asyncio.to_thread(rabbit.close)
