@@ -71,6 +71,8 @@ async def test_unreachable_nextjs_loses_no_generation_and_no_message(pipeline: P
     assert await _count(p, "SELECT count(*) FROM outbox WHERE published_at IS NULL") == 0
 
 
+# Retries spread over ~30 s: the receiver is down for the whole render, then recovers.
+@pytest.mark.parametrize("pipeline_overrides", [{"WEBHOOK_RETRY_SCHEDULE": "1,2,4,8,16"}])
 async def test_failing_receiver_does_not_block_the_pipeline(pipeline: Pipeline) -> None:
     p = pipeline
     p.receiver.status_code = 500
