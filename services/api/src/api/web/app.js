@@ -177,7 +177,8 @@
     $("app").hidden = false;
     updateNotifyButton();
     await loadConversations();
-    if (state.conversations.length) await openConversation(state.conversations[0].id);
+    const linked = state.conversations.find((c) => `#${c.id}` === location.hash);
+    if (linked || state.conversations.length) await openConversation((linked || state.conversations[0]).id);
     else newChat();
   }
 
@@ -216,6 +217,7 @@
   function newChat() {
     closeStream();
     state.current = null;
+    history.replaceState(null, "", location.pathname);
     state.messages.clear();
     state.gens.clear();
     $("chat-title").textContent = "New chat";
@@ -230,6 +232,7 @@
       state.gens.clear();
     }
     state.current = id;
+    history.replaceState(null, "", `#${id}`); // a reload reopens this conversation
     const convo = state.conversations.find((c) => c.id === id);
     $("chat-title").textContent = (convo && convo.title) || "New chat";
     renderConversations();
