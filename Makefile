@@ -36,3 +36,7 @@ asyncapi:  # docs/asyncapi.json: the message catalogue as AsyncAPI 3.0, from the
 .PHONY: chaos
 chaos: prepare  ## the long fault-injection run: 200 generations through every fault in turn
 	@uv="$(UV)"; PYTHONPATH=. "$$uv" run --frozen python -m tests.faults.chaos --generations 200
+
+.PHONY: bench
+bench: prepare  ## the benchmark suite (~10 min, private RabbitMQ/PostgreSQL): bench/results/*.json, bench/README.md
+	@uv="$(UV)"; PYTHONPATH=. "$$uv" run --frozen python -m bench.run

@@ -1,0 +1,1 @@
+"""Reelflow's benchmark suite (`make bench`); see bench/README.md."""

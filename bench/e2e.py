@@ -1,0 +1,250 @@
+"""End to end: `auto_confirm` generations through all four services, from `POST /v1/generations`
+to the `generation.completed` webhook arriving at a receiver on loopback.
+
+The provider is the fake Veo answering `done` at the first poll (made at once), with its small
+720p/4 s MP4; storage is the local folder. The load generator and the receiver share this
+(driver) process, which is neither of the services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import aiohttp
+
+from bench.common import CpuMeter
+from bench.load import LoadResult, closed_loop, open_loop
+from bench.receiver import FastReceiver
+
+BODY = {
+    "prompt": "A red fox running through fresh snow at dawn, cinematic, golden light",
+    "auto_confirm": True,
+    "params": {"aspect_ratio": "16:9", "resolution": "720p", "duration_seconds": 4},
+}
+WORK_QUEUES = (
+    "orchestrator.requests",
+    "orchestrator.confirmations",
+    "orchestrator.reports",
+    "worker.render",
+    "notifier.events",
+    "notifier.deliveries",
+)
+TIMEOUT = 120.0  # a generation that takes longer counts as failed
+
+
+class GenerationFailed(Exception):
+    pass
+
+
+@dataclass
+class Pipeline:
+    """Starts generations and learns of their end from the webhook receiver."""
+
+    receiver: FastReceiver
+    api_key: str = ""
+    api_urls: list[str] = field(default_factory=list)
+    webhooks: Counter[str] = field(default_factory=Counter)
+    _waiting: dict[str, asyncio.Future[float]] = field(default_factory=dict)
+    _early: dict[str, tuple[str, float]] = field(default_factory=dict)
+    _http: aiohttp.ClientSession | None = None
+    _next_api: Any = None
+    last_id: str | None = None  # the latest generation that completed
+
+    def __post_init__(self) -> None:
+        self.receiver.on_request = self.on_webhook
+
+    async def open(self, api_key: str, api_urls: list[str]) -> None:
+        self.api_key = api_key
+        self.set_apis(api_urls)
+        self._http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=2000),
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=aiohttp.ClientTimeout(total=TIMEOUT),
+        )
+
+    def set_apis(self, api_urls: list[str]) -> None:
+        self.api_urls = api_urls
+        self._next_api = itertools.cycle(api_urls)
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    def on_webhook(self, path: bytes, body: bytes, at: float) -> None:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return
+        event = str(data.get("event"))
+        self.webhooks[event] += 1
+        if event not in ("generation.completed", "generation.failed"):
+            return
+        generation = str(data.get("generationId"))
+        future = self._waiting.pop(generation, None)
+        if future is None:
+            self._early[generation] = (event, at)
+        elif not future.done():
+            if event == "generation.completed":
+                future.set_result(at)
+            else:
+                future.set_exception(GenerationFailed(json.dumps(data.get("error"))[:200]))
+
+    async def create(self) -> tuple[str, float]:
+        """POST one generation: (its id, when the request started)."""
+        assert self._http is not None
+        started = time.monotonic()
+        async with self._http.post(f"{next(self._next_api)}/v1/generations", json=BODY) as r:
+            if r.status != 201:
+                raise RuntimeError(f"POST /v1/generations: {r.status} {(await r.text())[:200]}")
+            body = await r.json()
+        return str(body["id"]), started
+
+    async def one(self) -> float:
+        """One generation from POST to its `generation.completed` webhook, in seconds."""
+        generation, started = await self.create()
+        early = self._early.pop(generation, None)
+        if early is not None:
+            if early[0] != "generation.completed":
+                raise GenerationFailed(generation)
+            self.last_id = generation
+            return early[1] - started
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiting[generation] = future
+        try:
+            arrived = await asyncio.wait_for(future, TIMEOUT)
+        finally:
+            self._waiting.pop(generation, None)
+        self.last_id = generation
+        return arrived - started
+
+
+class QueueWatch:
+    """Samples the depth of every work queue (passive declares) while a load runs: where
+    messages pile up is where the pipeline is waiting."""
+
+    def __init__(self, amqp_url: str, every: float = 0.5) -> None:
+        self.amqp_url = amqp_url
+        self.every = every
+        self.samples: dict[str, list[int]] = {q: [] for q in WORK_QUEUES}
+        self.active = False  # sampled only while the measuring window is open
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> QueueWatch:
+        self._connection = await aio_pika.connect(self.amqp_url)
+        self._channel = await self._connection.channel()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._connection.close()
+
+    async def _run(self) -> None:
+        while True:
+            if not self.active:
+                await asyncio.sleep(0.05)
+                continue
+            for name in WORK_QUEUES:
+                queue = await self._channel.declare_queue(name, passive=True)
+                self.samples[name].append(int(queue.declaration_result.message_count or 0))
+            await asyncio.sleep(self.every)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return {
+            name: {"mean": round(sum(v) / len(v), 1), "max": max(v)}
+            for name, v in self.samples.items()
+            if v
+        }
+
+
+@dataclass
+class Point:
+    """One closed-loop run: throughput, latency, CPU per process and queue depths."""
+
+    load: LoadResult
+    cpu_s: dict[str, float]
+    cores: dict[str, float]  # per process, and "other processes" (the machine's other tenants)
+    queues: dict[str, dict[str, float]]
+
+    def as_dict(self) -> dict[str, Any]:
+        per_gen = {
+            name: round(1000 * spent / self.load.completed, 2) if self.load.completed else None
+            for name, spent in self.cpu_s.items()
+        }
+        return {
+            **self.load.as_dict(),
+            "cpu_cores": self.cores,
+            "core_ms_per_generation": per_gen,
+            "core_ms_per_generation_total": round(
+                sum(v for k, v in per_gen.items() if v is not None and k != "driver"), 2
+            ),
+            "queue_depth": self.queues,
+        }
+
+
+async def measure_point(
+    pipeline: Pipeline,
+    amqp_url: str,
+    pids: Callable[[], dict[str, int]],
+    concurrency: int,
+    window: float,
+) -> Point:
+    meter = CpuMeter(pids())
+
+    spent: dict[str, float] = {}
+    async with QueueWatch(amqp_url) as watch:
+
+        def on_window(opening: bool) -> None:
+            watch.active = opening
+            if opening:
+                meter.start()
+            else:
+                spent.update(meter.stop())
+
+        load = await closed_loop(
+            pipeline.one,
+            concurrency,
+            window=window,
+            max_warmup=25.0,
+            drain=40.0,
+            on_window=on_window,
+        )
+    return Point(load, spent, meter.cores(spent), watch.summary())
+
+
+async def half_rate(pipeline: Pipeline, rate: float, duration: float) -> LoadResult:
+    return await open_loop(pipeline.one, rate, duration=duration, drain=TIMEOUT)
+
+
+async def settle(amqp_url: str, within: float = 30.0) -> bool:
+    """Wait until every work and delay queue is empty twice in a row (the pipeline is idle)."""
+    from shared.topology import DELAY_QUEUES
+
+    names = [*WORK_QUEUES, *(d.name for d in DELAY_QUEUES)]
+    deadline = time.monotonic() + within
+    connection = await aio_pika.connect(amqp_url)
+    quiet = 0
+    async with connection:
+        channel = await connection.channel()
+        while time.monotonic() < deadline:
+            depth = 0
+            for name in names:
+                queue = await channel.declare_queue(name, passive=True)
+                depth += int(queue.declaration_result.message_count or 0)
+            quiet = quiet + 1 if depth == 0 else 0
+            if quiet >= 2:
+                return True
+            await asyncio.sleep(0.3)
+    return False
