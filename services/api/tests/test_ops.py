@@ -22,7 +22,13 @@ async def test_healthz_and_readyz(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     r = await client.get("/readyz")
     assert r.status_code == 200
-    assert r.json() == {"ok": True, "database": True, "broker": True, "outbox_relay": True}
+    assert r.json() == {
+        "ok": True,
+        "database": True,
+        "broker": True,
+        "outbox_relay": True,
+        "live_feed": True,
+    }
 
 
 @pytest.fixture(scope="module")

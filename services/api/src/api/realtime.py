@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from prometheus_client import Gauge
 from shared.media import load_signing_secret
 from shared.runtime import ServiceRuntime
 
@@ -24,6 +25,16 @@ class Realtime:
             secret = await load_signing_secret(session, settings)
         feed = LiveFeed(settings.amqp_url)
         await feed.start()
+        streams = Gauge(
+            "reelflow_live_streams", "Open SSE streams on this instance", registry=runtime.registry
+        )
+        streams.set_function(lambda: feed.subscribers)
+        received = Gauge(
+            "reelflow_live_updates_received",
+            "Live updates this instance's feed received from the broker",
+            registry=runtime.registry,
+        )
+        received.set_function(lambda: feed.received)
         return cls(feed, StreamTokens(secret), settings.sse_heartbeat_seconds)
 
     async def close(self) -> None:

@@ -38,7 +38,7 @@ async def _broker_ok(request: Request) -> bool:
 
 @router.get(
     "/readyz",
-    summary="Database and broker reachable, outbox relay running (503 otherwise)",
+    summary="Database and broker reachable, outbox relay and live feed running (503 otherwise)",
     responses={503: {"description": "Not ready; the body says which check failed"}},
 )
 async def readyz(request: Request, runtime: Runtime) -> JSONResponse:
@@ -46,6 +46,7 @@ async def readyz(request: Request, runtime: Runtime) -> JSONResponse:
         "database": await _within(runtime.database_ok()),
         "broker": await _within(_broker_ok(request)),
         "outbox_relay": runtime.relay.healthy,
+        "live_feed": request.app.state.realtime.feed.healthy,  # what the SSE streams hear
     }
     ok = all(checks.values())
     return JSONResponse({"ok": ok, **checks}, status_code=200 if ok else 503)
