@@ -200,6 +200,7 @@ async def measure_point(
     pids: Callable[[], dict[str, int]],
     concurrency: int,
     window: float,
+    max_warmup: float = 45.0,
 ) -> Point:
     meter = CpuMeter(pids())
 
@@ -217,8 +218,8 @@ async def measure_point(
             pipeline.one,
             concurrency,
             window=window,
-            max_warmup=25.0,
-            drain=40.0,
+            max_warmup=max_warmup,
+            drain=max_warmup,
             on_window=on_window,
         )
     return Point(load, spent, meter.cores(spent), watch.summary())

@@ -79,10 +79,13 @@ def update_readme(body: str, readme: Path = BENCH_DIR / "README.md") -> None:
 
 
 def curve(
-    points: dict[str, list[dict[str, Any]]], out: Path = RESULTS / "latency_curve.png"
+    points: dict[str, list[dict[str, Any]]],
+    predicted: list[dict[str, Any]] | None = None,
+    out: Path = RESULTS / "latency_curve.png",
 ) -> Path:
-    """Latency (p50, p99) and throughput against generations in flight, per replica count; and
-    where the CPU went at each point of the one-replica run."""
+    """Latency (p50, p99) and throughput against generations in flight, per replica count (and
+    the p50 Little's law gives where a point was too long to measure); and where the CPU went
+    at each point of the one-replica run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,6 +100,15 @@ def curve(
         lat.plot(xs, [p["latency"]["p50_ms"] for p in measured], "o-", label=f"{label} p50")
         lat.plot(xs, [p["latency"]["p99_ms"] for p in measured], "s--", label=f"{label} p99")
         thr.plot(xs, [p["rate_per_s"] for p in measured], "o-", label=label)
+    if predicted:
+        lat.plot(
+            [p["concurrency"] for p in predicted],
+            [p["p50_ms"] for p in predicted],
+            "o:",
+            markerfacecolor="none",
+            color="grey",
+            label="p50 by Little's law (not measured)",
+        )
     for axis in (lat, thr):
         axis.set_xscale("log")
         axis.set_xlabel("generations in flight (closed loop)")

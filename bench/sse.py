@@ -46,6 +46,7 @@ async def fan_out(
             cwd=REPO,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            limit=64 * 2**20,  # the arrival times come back as one JSON line
         )
         for count in share
     ]

@@ -1,0 +1,91 @@
+"""Phase 4: waiting on Veo, from bench/veo_wait.py (owned by the Veo engineer)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+from bench.common import REPO, RESULTS, Row
+
+# -- 4. waiting on Veo -----------------------------------------------------------------------------
+
+
+async def veo_wait(mode: str, rows: list[Row], unmeasured: list[str]) -> None:
+    """bench/veo_wait.py (its own engineer's: one worker, its own database and vhost on the
+    shared servers) writes bench/results/veo_wait.json; `auto` includes that file when it is
+    there (`make bench-veo` refreshes it) and runs the script when it is not."""
+    script = REPO / "bench" / "veo_wait.py"
+    out = RESULTS / "veo_wait.json"
+    if not script.exists():
+        unmeasured.append("waiting on Veo: bench/veo_wait.py is not there yet")
+        return
+    if mode == "run" or (mode == "auto" and not out.exists()):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(script),
+            *("--operations", "1000", "--seconds", "30", "--timeout", "240"),
+            cwd=REPO,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), 300)
+            if proc.returncode != 0:
+                unmeasured.append(f"waiting on Veo: veo_wait.py failed: {err.decode()[-300:]}")
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            unmeasured.append("waiting on Veo: veo_wait.py ran over 300 s")
+    if not out.exists():
+        return
+    data = json.loads(out.read_text())
+    age = (time.time() - out.stat().st_mtime) / 60
+    source = f"veo_wait.json, {age:.0f} min old" if age > 15 else None
+    held = data.get("max_pending_at_once")
+    rss = data.get("rss_while_waiting_mb") or data.get("peak_rss_mb")
+    idle = data.get("idle_rss_mb")
+    waiting_s = (data.get("first_done_after_s") or 0) - (data.get("all_submitted_after_s") or 0)
+    cpu = data.get("cpu_waiting_s")
+    per_op_min = (cpu / (held * waiting_s / 60)) * 1000 if cpu and held and waiting_s > 0 else None
+    extrapolated = None
+    if rss and idle and held:
+        extrapolated = idle + (rss - idle) * 5000 / held
+    rows += [
+        Row(
+            "4 waiting on Veo",
+            f"operations in flight in one worker ({data.get('operations')} submitted, "
+            f"{data.get('operation_seconds')} s each)",
+            held,
+            "",
+            target="5,000 at once",
+            met=None if held is None else held >= 5000,
+            note=source,
+        ),
+        Row(
+            "4 waiting on Veo",
+            "worker RSS while waiting",
+            rss,
+            "MB",
+            "the idle worker",
+            idle,
+            "< 400 MB at 5,000",
+            None if extrapolated is None else extrapolated < 400,
+            note=None
+            if extrapolated is None
+            else f"~{extrapolated:,.0f} MB at 5,000 by linear extrapolation",
+        ),
+        Row(
+            "4 waiting on Veo",
+            "CPU per operation-minute of waiting",
+            None if per_op_min is None else round(per_op_min, 1),
+            "core-ms",
+            target="written down",
+            met=None,
+            note=None
+            if data.get("cpu_ms_per_operation") is None
+            else f"{data['cpu_ms_per_operation']} core-ms per operation in all, download and "
+            "thumbnail included",
+        ),
+    ]
