@@ -26,6 +26,21 @@ ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "var" / "test-artifacts"
 REQUEST = "make a video of a red fox running through fresh snow"
+# The browser's notification service and tab visibility, under the test's control: a recording
+# stand-in for `Notification` (granted), and `document.hidden` that follows `__hideTab`.
+BROWSER_SHIMS = """
+window.__notifications = [];
+window.Notification = class {
+  static permission = "granted";
+  static requestPermission() { return Promise.resolve("granted"); }
+  constructor(title, options) { window.__notifications.push({ title, ...options }); }
+  close() {}
+};
+Object.defineProperty(Document.prototype, "hidden", {
+  configurable: true,
+  get() { return !!window.__hideTab; },
+});
+"""
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="chromium is not installed (scripts/ensure-browser.sh)"
@@ -71,6 +86,7 @@ async def test_sign_in_ask_choose_confirm_watch_and_play(
 ) -> None:
     p = pipeline
     page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    await page.add_init_script(BROWSER_SHIMS)
     problems: list[str] = []
     page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
     page.on(
@@ -108,6 +124,7 @@ async def test_sign_in_ask_choose_confirm_watch_and_play(
     assert "9:16 · vertical" in text and "4 seconds" in text and "$0.00" in text
     await _shot(page, "web-2-confirm.png")
     await page.click(".confirm-button")
+    await page.evaluate("() => { window.__hideTab = true; }")  # the user switches tabs
 
     # Live progress, then the video, which plays.
     # (Functions, not expressions: the page's CSP forbids eval, which expressions would need.)
@@ -133,6 +150,11 @@ async def test_sign_in_ask_choose_confirm_watch_and_play(
     assert "/media/" in state["poster"] and "sig=" in state["poster"]  # the thumbnail
     stages = await page.evaluate("window.reelflowDebug.progress.map(p => p.status)")
     assert "processing" in stages
+    # Finished while the tab was hidden: a browser notification said so.
+    notes = await page.evaluate("() => window.__notifications")
+    assert [n["title"] for n in notes] == ["Your video is ready"]
+    assert notes[0]["body"] == REQUEST and "/media/" in notes[0]["icon"]
+    await page.evaluate("() => { window.__hideTab = false; }")
     await video.evaluate("v => v.pause()")
     await _shot(page, "web-3-video.png")
 
