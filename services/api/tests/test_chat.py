@@ -162,6 +162,22 @@ async def test_no_cancels_the_generation_awaiting_confirmation(
     assert "no video waiting for your go-ahead" in after["reply"]["content"]
 
 
+async def test_a_request_the_provider_cannot_make_is_answered_in_words(
+    client: httpx.AsyncClient, user: dict[str, Any], sessions: Sessions
+) -> None:
+    """Sound on the local renderer: not an error, a reply saying why (and no generation)."""
+    conversation_id = await _conversation(client, user)
+    posted = await _say(client, user, conversation_id, "make a video of a waterfall with sound")
+    assert posted["generation"] is None
+    assert posted["reply"]["content"].startswith("I can't make that video as asked:")
+    assert "renders no audio" in posted["reply"]["content"]
+    assert await _count(sessions, Generation) == 0
+    assert [m["role"] for m in await _messages(client, user, conversation_id)] == [
+        "user",
+        "assistant",
+    ]
+
+
 async def test_a_message_that_is_neither_gets_a_helpful_reply(
     client: httpx.AsyncClient, user: dict[str, Any], set_row: SetRow, outbox: Outbox
 ) -> None:

@@ -307,6 +307,8 @@ async def test_the_conversation_stream_carries_messages_and_statuses_and_resumes
                 if e.comment is None:
                     seen.append(e)
 
+    async with httpx.AsyncClient() as client:  # someone else's conversation is unknown
+        assert (await client.get(c.url(c.a, path), headers=_auth(c.other_key))).status_code == 404
     watcher = asyncio.create_task(watch(c.b, _auth(c.key)))
     await asyncio.sleep(0.3)
     say = f"/v1/conversations/{conversation_id}/messages"
