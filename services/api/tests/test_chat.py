@@ -262,7 +262,7 @@ async def test_attachments_are_re_signed_when_read(
         parsed = urlparse(url)
         assert parsed.path == f"/media/{key}"
         query = {k: v[0] for k, v in parse_qs(parsed.query).items()}
-        assert signer.verify(key, query["exp"], query["sig"])
+        assert signer.verify(str(key), query["exp"], query["sig"])
 
 
 async def test_bad_messages_are_clear_errors_and_store_nothing(

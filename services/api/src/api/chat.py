@@ -176,12 +176,12 @@ class Chat:
             # in the chat rather than refuse the message.
             await db.rollback()
             reasons = [e.get("message", "") for e in exc.errors or ()]
-            message, reply = await writer.stage(None, replies.cannot_make(reasons))
+            said, reply = await writer.stage(None, replies.cannot_make(reasons))
             await db.commit()
-            return Posted(message, None, reply, Intent.OTHER)
-        message, reply = staged
+            return Posted(said, None, reply, Intent.OTHER)
+        message, note_reply = staged
         assert message is not None
-        return Posted(message, created.generation, reply, Intent.REQUEST)
+        return Posted(message, created.generation, note_reply, Intent.REQUEST)
 
     async def _move(
         self,
