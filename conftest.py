@@ -19,7 +19,7 @@ from shared.settings import Settings, load_settings
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tests.support import ADMIN_KEY, free_port
+from tests.support import ADMIN_KEY, NO_LIMITS, free_port
 
 TEST_DB = os.environ.get("REELFLOW_TEST_DB", "reelflow_test")
 TEST_VHOST = os.environ.get("REELFLOW_TEST_VHOST", "reelflow_test")
@@ -57,6 +57,7 @@ def env(media_dir: Path) -> dict[str, str]:
         "NOTIFIER_METRICS_PORT": str(free_port()),
         "VIDEO_PROVIDER": "local",
         "MEDIA_SIGNING_KEY": "test-media-signing-key",
+        **NO_LIMITS,
     }
 
 

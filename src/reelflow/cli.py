@@ -1,4 +1,4 @@
-"""The `reelflow` command: run services, migrate, manage users."""
+"""The `reelflow` command: run services, migrate, manage users and their API keys."""
 
 from __future__ import annotations
 
@@ -41,6 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     users_sub = users.add_subparsers(dest="users_command", required=True)
     create = users_sub.add_parser("create", help="create a user and print its API key once")
     create.add_argument("name")
+    keys = sub.add_parser("keys", help="a user's API keys: create, revoke, list")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    kcreate = keys_sub.add_parser("create", help="another key for a user, printed once")
+    kcreate.add_argument("user_id")
+    kcreate.add_argument("--name", default=None, help="what the key is for")
+    krevoke = keys_sub.add_parser("revoke", help="revoke a key: it never works again")
+    krevoke.add_argument("key", help="the key's id, or its prefix (rf_live_XXXXXXXX)")
+    klist = keys_sub.add_parser("list", help="a user's keys (prefixes, never the keys)")
+    klist.add_argument("user_id")
     dlq = sub.add_parser("dlq", help="dead-letter queues: list, show, replay")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     dlq_sub.add_parser("list", help="every DLQ and how many messages it holds")
@@ -83,12 +92,10 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         await migrate(settings)
         log.info("Database migrated")
         return 0
-    if args.command == "users":
-        from reelflow.users import create_user
+    if args.command in ("users", "keys"):
+        from reelflow.users import run
 
-        user_id, key = await create_user(settings, args.name)
-        print(f"user {user_id} created; API key (shown once): {key}")
-        return 0
+        return await run(settings, args.command, args)
     if args.command in ("dlq", "generations", "outbox"):
         return await _operate(args, settings)
     if args.command == "run":

@@ -19,7 +19,7 @@ from shared.settings import load_settings
 
 from tests.e2e.harness import Receiver, eventually
 from tests.infra import PrivatePostgres, PrivateRabbit
-from tests.support import ADMIN_KEY, free_port
+from tests.support import ADMIN_KEY, NO_LIMITS, free_port
 
 SERVICES = ("api", "orchestrator", "worker", "notifier")
 PORT_VARIABLE = {
@@ -147,6 +147,7 @@ async def cluster(logs: Path, extra_env: dict[str, str] | None = None) -> AsyncI
         "WEBHOOK_RETRY_SCHEDULE": "1,2,4,8,15,30,60",
         "WEBHOOK_TIMEOUT_SECONDS": "3",
         "VIDEO_PROVIDER": "local",
+        **NO_LIMITS,  # 200 generations from one key
         **{var: str(free_port()) for var in PORT_VARIABLE.values()},
         **(extra_env or {}),
     }

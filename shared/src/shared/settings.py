@@ -32,6 +32,12 @@ DEFAULT_PRICE_PER_SECOND_USD: dict[str, Decimal] = {
 }
 
 
+ADMIN_KEY_MIN_CHARS = 8
+_PLACEHOLDERS = frozenset(
+    {"change-me", "changeme", "admin", "password", "secret", "admin-key", "admin-api-key"}
+)
+
+
 class SettingsError(Exception):
     """Raised with one human line naming the offending variable."""
 
@@ -116,6 +122,18 @@ class Settings(BaseSettings):
     # container, so probes and Prometheus reach them.
     metrics_host: str = Field("127.0.0.1", validation_alias="METRICS_HOST")
     max_body_bytes: int = Field(64 * 1024, ge=1024, validation_alias="MAX_BODY_BYTES")
+    # Abuse limits (0 turns one off). Requests per API key: a token bucket refilled at
+    # RATE_LIMIT_PER_SECOND up to RATE_LIMIT_BURST, shared by every API instance (PostgreSQL).
+    rate_limit_per_second: float = Field(20.0, ge=0, validation_alias="RATE_LIMIT_PER_SECOND")
+    rate_limit_burst: int = Field(100, ge=1, validation_alias="RATE_LIMIT_BURST")
+    # Per user, checked when a generation is confirmed (or auto-confirmed): generations
+    # confirmed or processing at once, and video seconds confirmed in any 24 hours.
+    quota_max_concurrent_generations: int = Field(
+        10, ge=0, validation_alias="QUOTA_MAX_CONCURRENT_GENERATIONS"
+    )
+    quota_video_seconds_per_day: int = Field(
+        3600, ge=0, validation_alias="QUOTA_VIDEO_SECONDS_PER_DAY"
+    )
     worker_concurrency: int = Field(2, ge=1, validation_alias="WORKER_CONCURRENCY")
     delivery_limit: int = Field(5, ge=1, validation_alias="DELIVERY_LIMIT")
     shutdown_grace_seconds: float = Field(
@@ -198,6 +216,20 @@ class Settings(BaseSettings):
     def _check_amqp(cls, value: str) -> str:
         if not value.startswith(("amqp://", "amqps://")):
             raise ValueError("must be an amqp:// URL")
+        return value
+
+    @field_validator("admin_api_key", mode="before")
+    @classmethod
+    def _check_admin_key(cls, value: Any) -> Any:
+        """No default admin key, and no placeholder standing in for one: blank is off."""
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return None
+        if isinstance(raw, str):
+            if raw.strip().lower().replace("_", "-") in _PLACEHOLDERS:
+                raise ValueError("is a placeholder; set a long random value, or unset it")
+            if len(raw) < ADMIN_KEY_MIN_CHARS:
+                raise ValueError(f"must be at least {ADMIN_KEY_MIN_CHARS} characters")
         return value
 
     @field_validator("nextjs_url", "s3_endpoint_url", "public_base_url")

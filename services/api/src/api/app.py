@@ -17,6 +17,8 @@ from starlette.middleware import Middleware
 from api import problems
 from api.metrics import install_runtime_metrics
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from api.openapi_limits import document_rate_limits
+from api.ratelimit import RateLimiter
 from api.realtime import Realtime
 from api.routes import (
     admin,
@@ -24,6 +26,7 @@ from api.routes import (
     events,
     generations,
     history,
+    keys,
     media,
     ops,
     seed,
@@ -75,7 +78,9 @@ def create_app(settings: Settings) -> FastAPI:
         ],
     )
     app.state.settings = settings
+    app.state.rate_limiter = RateLimiter.from_settings(settings)  # per API key (api.ratelimit)
     problems.install(app)
+    document_rate_limits(app)
     for module in (generations, admin, seed, media, ops):
         app.include_router(module.router)
     app.include_router(webhooks.router)
@@ -83,4 +88,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(events.router)  # live streams (SSE)
     app.include_router(history.router)  # generation timelines
     app.include_router(web.router)  # the web page at /
+    app.include_router(keys.router)  # a user's own API keys
     return app

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from shared.db.models import ChatMessage, Conversation, Generation, User, utcnow
+from shared.domain.quotas import Limits
 from shared.domain.understanding import Awaiting, Context, Intent, Understander, Understanding
 from shared.messages import ConversationMessageCreated
 from shared.outbox import enqueue
@@ -145,7 +146,8 @@ class Chat:
                 plan = cancel_plan
             case _:
                 return await self._reply(db, writer, current, context, understood)
-        return await self._move(db, writer, current, plan, understood.intent)
+        limits = Limits.from_settings(settings)
+        return await self._move(db, writer, current, plan, understood.intent, limits)
 
     async def _request(
         self,
@@ -190,13 +192,14 @@ class Chat:
         current: Generation,
         plan: Plan,
         intent: Intent,
+        limits: Limits,
     ) -> Posted:
         staged: list[ChatMessage | None] = []
 
         async def with_message(gen: Generation) -> None:
             staged.extend(await writer.stage(gen.id))
 
-        gen, _ = await move(db, writer.user_id, current.id, plan, also=with_message)
+        gen, _ = await move(db, writer.user_id, current.id, plan, limits=limits, also=with_message)
         message, reply = staged
         assert message is not None
         return Posted(message, gen, reply, intent)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from shared.db.models import Generation, User, utcnow
 from shared.domain.pricing import UnsupportedParams, check_supported
+from shared.domain.quotas import Limits
 from shared.messages import GenerationRequested
 from shared.outbox import enqueue
 from shared.settings import Settings
@@ -18,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.idempotency import WINDOW, request_hash
+from api.moves import check_quotas
 from api.problems import Problem, invalid
 from api.queries import ensure_conversation
 from api.schemas import CreateGeneration
@@ -74,6 +76,17 @@ async def create_generation(
                 Generation.created_at < utcnow() - WINDOW,
             )
             .values(idempotency_key=None)
+        )
+
+    if body.auto_confirm:
+        # Confirmed by the orchestrator as soon as nothing is left to ask: refuse now what the
+        # quotas would refuse then (which checks again, with the final duration).
+        await check_quotas(
+            db,
+            user_id,
+            Limits.from_settings(settings),
+            extra_generations=1,
+            extra_seconds=params.duration_seconds or 0,
         )
 
     now = utcnow()

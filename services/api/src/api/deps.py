@@ -8,16 +8,17 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from shared.api_keys import authenticate, touch
 from shared.auth import hash_api_key
 from shared.db.models import User
 from shared.logging import get_logger
 from shared.media import Storage
 from shared.runtime import ServiceRuntime
 from shared.settings import Settings
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.problems import Problem
+from api.ratelimit import RateLimiter
 
 log = get_logger("AUTH")
 
@@ -61,13 +62,21 @@ def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
 async def current_user(
     db: Session,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    request: Request,
 ) -> User:
+    """The caller, by a live API key (`shared.api_keys`), within its key's rate limit."""
     token = _token(credentials)
-    # Only the SHA-256 is stored, and looked up by index: the key itself is never compared.
-    user = await db.scalar(select(User).where(User.api_key_sha256 == hash_api_key(token)))
-    if user is None:
+    limiter: RateLimiter = request.app.state.rate_limiter
+    limiter.check_local(hash_api_key(token))  # a flooding key stops here, before the database
+    found = await authenticate(db, token)
+    if found is None:
         log.warning("Invalid API key")
         raise Problem(401, "the API key is not valid", headers=_INVALID)
+    key, user = found
+    await limiter.take_shared(db, key.id)
+    await touch(db, key)
+    await db.commit()  # short: the bucket's row lock ends here, not with the request
+    request.state.api_key_id = key.id
     return user
 
 

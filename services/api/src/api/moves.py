@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shared.db.models import Generation
-from shared.domain import clarifier, pricing
+from shared.domain import clarifier, pricing, quotas
 from shared.domain.transitions import ConcurrentUpdate, apply_transition
 from shared.schemas import GenerationParams, Question
 from shared.settings import Settings
@@ -35,10 +35,13 @@ async def move(
     generation_id: uuid.UUID,
     plan: Plan,
     *,
+    limits: quotas.Limits,
     also: Callable[[Generation], Awaitable[None]] | None = None,
 ) -> tuple[Generation, Status]:
     """Apply the planned move; the generation after it and the status it left. `also` stages
-    more rows (e.g. the chat message that made the move) in the move's transaction."""
+    more rows (e.g. the chat message that made the move) in the move's transaction. A move
+    that confirms is checked against the user's quotas (`limits`): over one, a 429 and no
+    change."""
     for _ in range(MAX_TRIES):
         gen = await owned_generation(db, user_id, generation_id, lock=True)
         before = Status(gen.status)
@@ -50,11 +53,41 @@ async def move(
         except ConcurrentUpdate:
             await db.rollback()
             continue
+        if gen.status == Status.CONFIRMED and before != Status.CONFIRMED:
+            await check_quotas(db, user_id, limits)
         if also is not None:
             await also(gen)
         await db.commit()
         return gen, before
     raise Problem(409, "the generation changed while this request ran; try again")
+
+
+async def check_quotas(
+    db: AsyncSession,
+    user_id: uuid.UUID,
+    limits: quotas.Limits,
+    *,
+    extra_generations: int = 0,
+    extra_seconds: float = 0,
+) -> None:
+    """429 with Retry-After when confirming would pass one of the user's quotas. Raised
+    inside the transaction, which is then never committed."""
+    try:
+        await quotas.check(
+            db,
+            user_id,
+            limits,
+            extra_generations=extra_generations,
+            extra_seconds=extra_seconds,
+        )
+    except quotas.QuotaExceeded as exc:
+        raise Problem(
+            429,
+            exc.detail,
+            slug="quota-exceeded",
+            headers={"Retry-After": str(exc.retry_after)},
+            limit=exc.limit,
+        ) from None
 
 
 def _conflict(exc: IllegalTransition) -> Problem:

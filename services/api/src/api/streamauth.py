@@ -93,7 +93,7 @@ async def stream_user(
     own, closed before the stream starts: an open stream holds no database connection."""
     async with runtime(request).sessions() as db:
         if credentials is not None and credentials.credentials:
-            return await current_user(db, credentials)
+            return await current_user(db, credentials, request)
         if token:
             tokens: StreamTokens = request.app.state.realtime.tokens
             user_id = tokens.verify(token)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 from shared.db.models import Generation
-from shared.domain import clarifier, pricing
+from shared.domain import clarifier, pricing, quotas
 from shared.domain.transitions import apply_transition
 from shared.inbox import claim
 from shared.logging import get_logger
@@ -71,6 +71,20 @@ class Handlers:
     async def _spec_ready(self, session: AsyncSession, gen: Generation, spec: RenderSpec) -> None:
         cost = pricing.estimate_cost(spec, self.settings.price_per_second_usd)
         trigger = Trigger.AUTO_CONFIRMED if gen.auto_confirm else Trigger.SPEC_READY
+        if gen.auto_confirm:
+            try:  # the user's quotas, as the API checks them when a user confirms
+                await quotas.check(
+                    session,
+                    gen.user_id,
+                    quotas.Limits.from_settings(self.settings),
+                    extra_generations=1,
+                    extra_seconds=spec.duration_seconds,
+                )
+            except quotas.QuotaExceeded as exc:
+                error = ErrorInfo(code="quota_exceeded", message=exc.detail)
+                await apply_transition(session, gen, Trigger.FAIL, error=error.model_dump())
+                log.warning("Auto-confirmation refused", limit=exc.limit)
+                return
         await apply_transition(
             session, gen, trigger, spec=spec.model_dump(mode="json"), estimated_cost_usd=cost
         )

@@ -33,9 +33,44 @@ class User(SQLModel, table=True):
     __tablename__ = "users"
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     name: str = Field(max_length=200)
-    api_key_prefix: str = Field(max_length=32)
-    api_key_sha256: str = Field(max_length=64, unique=True, index=True)
+    # Legacy, read by nothing: keys live in `api_keys` (0005 moved them there and cleared these).
+    api_key_prefix: str | None = Field(default=None, max_length=32)
+    api_key_sha256: str | None = Field(default=None, max_length=64, unique=True, index=True)
     created_at: datetime = _ts(nullable=False, default=utcnow)
+
+
+class ApiKey(SQLModel, table=True):
+    """Owner: API (`/v1/api-keys`, admin routes) and `reelflow users|keys`. Only the SHA-256
+    of a key is kept, with its visible prefix; a revoked key stays listed, and never works."""
+
+    __tablename__ = "api_keys"
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    user_id: uuid.UUID = Field(
+        sa_column=sa.Column(
+            sa.Uuid, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
+        )
+    )
+    prefix: str = Field(max_length=32, index=True)
+    sha256: str = Field(max_length=64, unique=True)
+    name: str | None = Field(default=None, max_length=200)
+    created_at: datetime = _ts(nullable=False, default=utcnow)
+    last_used_at: datetime | None = _ts(nullable=True)  # refreshed at most once a minute
+    revoked_at: datetime | None = _ts(nullable=True)
+
+
+class RateBucket(SQLModel, table=True):
+    """Owner: API. One token bucket per API key, shared by every API instance (UNLOGGED: losing
+    it in a crash only refills the buckets)."""
+
+    __tablename__ = "rate_buckets"
+    __table_args__ = {"prefixes": ["UNLOGGED"]}
+    key_id: uuid.UUID = Field(
+        sa_column=sa.Column(
+            sa.Uuid, sa.ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True
+        )
+    )
+    tokens: float
+    updated_at: datetime = _ts(nullable=False, default=utcnow)
 
 
 class Conversation(SQLModel, table=True):
@@ -79,6 +114,7 @@ class Generation(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("user_id", "idempotency_key", name="uq_generations_idempotency"),
         sa.Index("ix_generations_user_created", "user_id", "created_at", "id"),
+        sa.Index("ix_generations_user_confirmed", "user_id", "confirmed_at"),
     )
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     user_id: uuid.UUID = Field(foreign_key="users.id")
@@ -98,6 +134,8 @@ class Generation(SQLModel, table=True):
     estimated_cost_usd: Decimal | None = Field(
         default=None, sa_column=sa.Column(sa.Numeric(10, 4), nullable=True)
     )
+    # When it moved to `confirmed` (set by `apply_transition`): the daily video-seconds quota.
+    confirmed_at: datetime | None = _ts(nullable=True)
     progress: dict[str, Any] | None = _json()
     result: dict[str, Any] | None = _json()
     error: dict[str, Any] | None = _json()

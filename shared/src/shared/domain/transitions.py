@@ -52,6 +52,8 @@ async def apply_transition(
         "version": gen.version + 1,
         "updated_at": now,
     }
+    if decision.status == Status.CONFIRMED and gen.status != Status.CONFIRMED:
+        values["confirmed_at"] = now  # dates the video seconds spent (the daily quota)
     result = await session.execute(
         update(Generation)
         .where(Generation.id == gen.id, Generation.version == gen.version)  # type: ignore[arg-type]

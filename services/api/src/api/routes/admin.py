@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
-from shared.auth import new_api_key
-from shared.db.models import User
+from shared.api_keys import create_user as new_user
 from shared.logging import get_logger
 
 from api.deps import Session, admin
@@ -23,9 +22,7 @@ log = get_logger("ADMIN")
     summary="Create a user; its API key is shown once",
 )
 async def create_user(body: CreateUser, db: Session) -> UserCreated:
-    key, prefix, digest = new_api_key()
-    user = User(name=body.name.strip(), api_key_prefix=prefix, api_key_sha256=digest)
-    db.add(user)
+    user, row, key = await new_user(db, body.name.strip())
     await db.commit()
-    log.info("User created", user_id=str(user.id), prefix=prefix)
+    log.info("User created", user_id=str(user.id), prefix=row.prefix)
     return UserCreated(id=user.id, name=user.name, api_key=key)

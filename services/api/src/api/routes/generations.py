@@ -6,6 +6,7 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
+from shared.domain.quotas import Limits
 from shared.logging import get_logger, log_context
 from shared.state_machine import Status
 
@@ -146,10 +147,11 @@ async def _move(
     runtime: Runtime,
     storage: AppStorage,
     response: Response,
+    cfg: AppSettings,
 ) -> GenerationOut:
     with log_context(generation_id=str(generation_id)):
         log_move.info("Request received", move=action, user_id=str(user.id))
-        gen, before = await move(db, user.id, generation_id, plan)
+        gen, before = await move(db, user.id, generation_id, plan, limits=Limits.from_settings(cfg))
         runtime.relay.wake()
         log_move.info("Move applied", move=action, **{"from": before.value, "to": gen.status})
     response.headers["ETag"] = etag(gen)
@@ -173,14 +175,14 @@ async def answer(
     response: Response,
 ) -> GenerationOut:
     plan = answers_plan(body.answers, cfg)
-    return await _move("answers", plan, generation_id, user, db, runtime, storage, response)
+    return await _move("answers", plan, generation_id, user, db, runtime, storage, response, cfg)
 
 
 @router.post(
     "/{generation_id}/confirm",
     response_model=GenerationOut,
-    responses=responses(401, 404, 409),
-    summary="Confirm the spec and cost (409 unless pending_confirmation)",
+    responses=responses(401, 404, 409, 429),
+    summary="Confirm the spec and cost (409 unless pending_confirmation; 429 over a quota)",
 )
 async def confirm(
     generation_id: uuid.UUID,
@@ -189,8 +191,11 @@ async def confirm(
     runtime: Runtime,
     storage: AppStorage,
     response: Response,
+    cfg: AppSettings,
 ) -> GenerationOut:
-    return await _move("confirm", confirm_plan, generation_id, user, db, runtime, storage, response)
+    return await _move(
+        "confirm", confirm_plan, generation_id, user, db, runtime, storage, response, cfg
+    )
 
 
 @router.post(
@@ -206,5 +211,8 @@ async def cancel(
     runtime: Runtime,
     storage: AppStorage,
     response: Response,
+    cfg: AppSettings,
 ) -> GenerationOut:
-    return await _move("cancel", cancel_plan, generation_id, user, db, runtime, storage, response)
+    return await _move(
+        "cancel", cancel_plan, generation_id, user, db, runtime, storage, response, cfg
+    )
