@@ -43,6 +43,7 @@ class Subscriber:
         self._max = max_pending
         self._ready = asyncio.Event()
         self._lagged = False
+        self.ended = False  # the instance is shutting down: the stream should end
 
     def push(self, update: Update) -> None:
         if len(self._pending) >= self._max:
@@ -71,6 +72,11 @@ class Subscriber:
     def take_lagged(self) -> bool:
         lagged, self._lagged = self._lagged, False
         return lagged
+
+    def end(self) -> None:
+        """Ask the stream to end (its client reconnects elsewhere, with Last-Event-ID)."""
+        self.ended = True
+        self._ready.set()
 
     def close(self) -> None:
         """Stop receiving (idempotent)."""
@@ -106,6 +112,14 @@ class LiveFeed:
         for subscribers in (*self._by_generation.values(), *self._by_conversation.values()):
             for subscriber in subscribers:
                 subscriber.resync()
+
+    def end_streams(self) -> None:
+        """Shutting down: end every open stream now, so the server need not wait for them
+        (they would never finish by themselves) and their clients resume elsewhere."""
+        for registry in (self._by_generation, self._by_conversation):
+            for subscribers in registry.values():
+                for subscriber in subscribers:
+                    subscriber.end()
 
     @property
     def healthy(self) -> bool:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Iterator
+from types import FrameType
 
 import uvicorn
 from shared.settings import Settings
@@ -18,6 +19,14 @@ GRACEFUL_SHUTDOWN_SECONDS = 20
 class _Server(uvicorn.Server):
     """uvicorn re-raises a caught signal after shutting down, which would turn a clean stop
     into an exit by signal; here a signal only asks the server to finish in-flight requests."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Open SSE streams never finish by themselves: end them now, or the graceful shutdown
+        # would wait its whole timeout for them. Their clients resume with Last-Event-ID.
+        realtime = getattr(getattr(self.config.app, "state", None), "realtime", None)
+        if realtime is not None:
+            realtime.feed.end_streams()
+        super().handle_exit(sig, frame)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

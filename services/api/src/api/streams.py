@@ -8,7 +8,7 @@ Generation stream: `id:` is the generation's version (one per transition, so mon
 gap-free), `event:` the lifecycle event name (`generation.requested` for a generation nobody has
 looked at yet), `data:` the generation as `GET /v1/generations/{id}` returns it (as of that
 event). A client that resumes gets every event it missed, replayed from the outbox, in order.
-The stream ends after a terminal event.
+The stream ends after a terminal event (or when the instance shuts down: the client resumes).
 
 Conversation stream: `event: message` (`data:` the message as listed, `id:` its creation time
 in microseconds, a resumption cursor) and the lifecycle events of the conversation's
@@ -107,6 +107,8 @@ class GenerationStream:
                 yield chunk
         while not self.done:
             batch = await self.subscriber.wait(self.deps.heartbeat_seconds)
+            if self.subscriber.ended:
+                return
             if batch is None:
                 yield HEARTBEAT
                 continue
@@ -180,8 +182,10 @@ class ConversationStream:
         self.cursor = self.resume_after or micros(datetime.now(UTC))
         async for chunk in self._catch_up(messages=self.resume_after is not None):
             yield chunk
-        while True:
+        while not self.subscriber.ended:
             batch = await self.subscriber.wait(self.deps.heartbeat_seconds)
+            if self.subscriber.ended:
+                return
             if batch is None:
                 yield HEARTBEAT
                 continue
