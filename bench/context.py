@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import REPO, Row
+from bench.common import REPO, RESULTS, Row
 from bench.e2e import Pipeline
 from bench.receiver import FastReceiver
 from bench.stack import Stack
@@ -46,6 +46,16 @@ class Run:
     @property
     def window(self) -> float:
         return 5.0 if self.args.quick else 8.0
+
+    def profiled(self, name: str, pid: int, seconds: float) -> Any:
+        """py-spy (GIL samples) on `pid` during a phase's block, kept as `phase_profiles`."""
+        from bench import profile
+
+        folder = RESULTS / "profiles"
+        folder.mkdir(parents=True, exist_ok=True)
+        slot = self.results.setdefault("phase_profiles", {}).setdefault(name, {})
+        slot["seconds"] = max(1, int(seconds))
+        return profile.sampling(pid, slot["seconds"], folder / f"{name}.gil.txt")
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started

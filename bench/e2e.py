@@ -50,7 +50,7 @@ class Pipeline:
     """Starts generations and learns of their end from the webhook receiver."""
 
     receiver: FastReceiver
-    api_key: str = ""
+    api_keys: list[str] = field(default_factory=list)
     api_urls: list[str] = field(default_factory=list)
     webhooks: Counter[str] = field(default_factory=Counter)
     _waiting: dict[str, asyncio.Future[float]] = field(default_factory=dict)
@@ -58,16 +58,21 @@ class Pipeline:
     _http: aiohttp.ClientSession | None = None
     _next_api: Any = None
     last_id: str | None = None  # the latest generation that completed
+    # The latest completed generation of each key: what that user may read.
+    completed_by_key: dict[str, str] = field(default_factory=dict)
+    _next_key: Any = None
 
     def __post_init__(self) -> None:
         self.receiver.on_request = self.on_webhook
 
-    async def open(self, api_key: str, api_urls: list[str]) -> None:
-        self.api_key = api_key
+    async def open(self, api_keys: list[str], api_urls: list[str]) -> None:
+        """Generations are spread over `api_keys` in turn: many users, as in life (one user's
+        generations would also meet in one row lock, the user's quota check)."""
+        self.api_keys = api_keys
+        self._next_key = itertools.cycle(api_keys)
         self.set_apis(api_urls)
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=2000),
-            headers={"Authorization": f"Bearer {api_key}"},
             timeout=aiohttp.ClientTimeout(total=TIMEOUT),
         )
 
@@ -98,11 +103,13 @@ class Pipeline:
             else:
                 future.set_exception(GenerationFailed(json.dumps(data.get("error"))[:200]))
 
-    async def create(self) -> tuple[str, float]:
-        """POST one generation: (its id, when the request started)."""
+    async def create(self, key: str) -> tuple[str, float]:
+        """POST one generation as `key`'s user: (its id, when the request started)."""
         assert self._http is not None
         started = time.monotonic()
-        async with self._http.post(f"{next(self._next_api)}/v1/generations", json=BODY) as r:
+        url = f"{next(self._next_api)}/v1/generations"
+        headers = {"Authorization": f"Bearer {key}"}
+        async with self._http.post(url, json=BODY, headers=headers) as r:
             if r.status != 201:
                 raise RuntimeError(f"POST /v1/generations: {r.status} {(await r.text())[:200]}")
             body = await r.json()
@@ -110,12 +117,13 @@ class Pipeline:
 
     async def one(self) -> float:
         """One generation from POST to its `generation.completed` webhook, in seconds."""
-        generation, started = await self.create()
+        key = next(self._next_key)
+        generation, started = await self.create(key)
         early = self._early.pop(generation, None)
         if early is not None:
             if early[0] != "generation.completed":
                 raise GenerationFailed(generation)
-            self.last_id = generation
+            self.last_id = self.completed_by_key[key] = generation
             return early[1] - started
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._waiting[generation] = future
@@ -123,7 +131,7 @@ class Pipeline:
             arrived = await asyncio.wait_for(future, TIMEOUT)
         finally:
             self._waiting.pop(generation, None)
-        self.last_id = generation
+        self.last_id = self.completed_by_key[key] = generation
         return arrived - started
 
 

@@ -9,11 +9,14 @@ GIL in threads: video probing, thumbnails).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import shutil
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,9 @@ _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 _SITE = re.compile(r"/site-packages/(?P<pkg>[^/]+)/")
 _OWN = re.compile(r"/(?:services/[^/]+/src|shared/src|src)/(?P<mod>[a-z_]+(?:/[a-z_]+)*)\.py$")
 _STDLIB = re.compile(r"/lib/python3\.\d+/(?P<mod>[a-z_]+)")
+# Frames at the root of every stack (the entry point, the event loop, thread bootstrap): on
+# (nearly) every sample, so their inclusive share says nothing.
+_ROOTS = {"reelflow", "reelflow.cli", "asyncio", "runpy", "threading", "runners"}
 
 
 def py_spy() -> str | None:
@@ -89,7 +95,7 @@ def analyse(path: Path, top: int = 12) -> dict[str, Any]:
         samples += count
         func, module = frames[-1]
         leaf[f"{module}:{func}"] += count
-        modules = {m for _, m in frames}
+        modules = {m for _, m in frames} - _ROOTS
         for module in modules:
             if "." in module or module in {"api", "orchestrator", "veo_worker", "notifier"}:
                 own[module] += count
@@ -108,3 +114,27 @@ def analyse(path: Path, top: int = 12) -> dict[str, Any]:
         "inclusive_by_library": share(library),
         "inclusive_by_own_module": share(own),
     }
+
+
+@contextlib.asynccontextmanager
+async def sampling(pid: int, seconds: int, out: Path) -> AsyncIterator[dict[str, Any]]:
+    """GIL samples of `pid` for `seconds` from the start of the block, reduced when both the
+    block and the recording are over (keep `seconds` within the block's length)."""
+    result: dict[str, Any] = {}
+    recorder = record(pid, seconds, out, gil=True) if py_spy() else None
+    try:
+        yield result
+    finally:
+        if recorder is None:
+            result["error"] = "py-spy is not installed"
+        else:
+            _, err = await asyncio.to_thread(recorder.communicate)
+            reduced = await asyncio.to_thread(_reduce, out) if recorder.returncode == 0 else None
+            if reduced is not None:
+                result.update(reduced)
+            else:
+                result["error"] = err.decode()[-300:] or "py-spy wrote nothing"
+
+
+def _reduce(out: Path) -> dict[str, Any] | None:
+    return analyse(out) if out.exists() else None

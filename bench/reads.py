@@ -7,9 +7,11 @@ requests/s is the server's capacity at 50 in flight, its percentiles the latency
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import subprocess
+import tempfile
 from typing import Any
 
 CONNECTIONS = 50
@@ -46,19 +48,55 @@ def parse(output: str) -> dict[str, Any]:
     }
 
 
+def lua_cycle(requests: list[tuple[str, dict[str, str]]]) -> str:
+    """A wrk script sending these GETs in turn (path, headers): e.g. many users, each reading
+    its own generation with its own key."""
+
+    def text(value: str) -> str:
+        return f"[[{value}]]"  # a Lua long string: quotes in ETags need no escaping
+
+    rows = []
+    for path, headers in requests:
+        fields = ", ".join(f"[ {text(k)} ] = {text(v)}" for k, v in headers.items())
+        rows.append(f"  {{{text(path)}, {{{fields}}}}},")
+    return "\n".join(
+        [
+            "local requests = {",
+            *rows,
+            "}",
+            "local i = 0",
+            "request = function()",
+            "  i = i % #requests + 1",
+            '  return wrk.format("GET", requests[i][1], requests[i][2])',
+            "end",
+            "",
+        ]
+    )
+
+
 async def wrk(
-    url: str, headers: dict[str, str], seconds: float, connections: int = CONNECTIONS
+    url: str,
+    requests: list[tuple[str, dict[str, str]]],
+    seconds: float,
+    connections: int = CONNECTIONS,
 ) -> dict[str, Any]:
+    """wrk against `url`'s server, cycling through `requests` (path, headers)."""
     exe = ensure_wrk()
     if exe is None:
         raise RuntimeError("wrk is not installed and could not be installed")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(lua_cycle(requests))
     args = [exe, "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s", "--latency"]
-    for name, value in headers.items():
-        args += ["-H", f"{name}: {value}"]
     proc = await asyncio.create_subprocess_exec(
-        *args, url, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *args,
+        "-s",
+        script.name,
+        url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
+    os.remove(script.name)
     result = parse(out.decode())
     result["connections"] = connections
     if proc.returncode != 0:

@@ -70,6 +70,27 @@ def profile_section(profile: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def phase_profiles_section(profiles: dict[str, Any]) -> str:
+    """The hot process of the other phases (GIL samples), one line each."""
+    out = []
+    for name, data in profiles.items():
+        if "self_by_function" not in data:
+            out.append(f"- **{name}**: {data.get('error', 'no samples')}")
+            continue
+        top_self = ", ".join(
+            f"`{f['name']}` {f['share']:.0%}" for f in data["self_by_function"][:5]
+        )
+        libs = ", ".join(f"{f['name']} {f['share']:.0%}" for f in data["inclusive_by_library"][:6])
+        own = ", ".join(
+            f"`{f['name']}` {f['share']:.0%}" for f in data["inclusive_by_own_module"][:6]
+        )
+        out.append(
+            f"- **{name}** ({data['samples']} GIL samples in {data.get('seconds')} s). "
+            f"Self: {top_self}. Inclusive, libraries: {libs}. Inclusive, ours: {own}."
+        )
+    return "\n".join(out)
+
+
 def update_readme(body: str, readme: Path = BENCH_DIR / "README.md") -> None:
     text = readme.read_text() if readme.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
     if START not in text:

@@ -58,8 +58,10 @@ async def main(args: argparse.Namespace) -> int:
         stack = await open_stack(rabbit, postgres, receiver.url)
         say(f"stack up in {time.monotonic() - began:.0f} s; logs in {stack.logs}")
         try:
-            user_id, key = await stack.new_user()
-            await pipeline.open(key, stack.api_urls())
+            # Many users, as in life: each polls and generates within its own rate limit.
+            users = await asyncio.gather(*(stack.new_user(f"bench-{i}") for i in range(USERS)))
+            user_id, key = users[0]
+            await pipeline.open([k for _, k in users], stack.api_urls())
             run = Run(
                 args,
                 stack,
@@ -119,10 +121,15 @@ async def main(args: argparse.Namespace) -> int:
         "errors": errors,
     }
     write_json("summary", summary)
+    if results.get("phase_profiles"):
+        write_json("phase_profiles", results["phase_profiles"])
     write_readme(summary, rows, results)
     say(f"done in {summary['wall_seconds']} s; bench/results/summary.json, bench/README.md")
     print(report.table(rows))
     return 0
+
+
+USERS = 50
 
 
 def write_readme(summary: dict[str, Any], rows: list[Row], results: dict[str, Any]) -> None:
@@ -159,6 +166,13 @@ def write_readme(summary: dict[str, Any], rows: list[Row], results: dict[str, An
         report.profile_section(results.get("profile", {})),
         "",
     ]
+    if results.get("phase_profiles"):
+        parts += [
+            "Other phases, the process under load (GIL samples):",
+            "",
+            report.phase_profiles_section(results["phase_profiles"]),
+            "",
+        ]
     if summary["notes"]:
         parts += ["### Notes", "", *[f"- {n}" for n in summary["notes"]], ""]
     parts += ["### Not measured this run", ""]

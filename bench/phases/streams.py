@@ -49,14 +49,16 @@ async def streams(run: Run) -> None:
     n = 2000 if run.args.quick else 10_000
     open_seconds = 30.0 if run.args.quick else 75.0
     pid = run.stack.pids()["api"]
-    ours = await fan_out(
-        f"{api}/v1/generations/{generation}/events",
-        auth,
-        n,
-        server_pid=pid,
-        fire=cancel,
-        open_seconds=open_seconds,
-    )
+    async with run.profiled("api opening streams", pid, min(20.0, open_seconds / 2)) as prof:
+        ours = await fan_out(
+            f"{api}/v1/generations/{generation}/events",
+            auth,
+            n,
+            server_pid=pid,
+            fire=cancel,
+            open_seconds=open_seconds,
+        )
+    run.results["phase_profiles"]["api opening streams"].update(prof)
     say(f"streams: {ours}")
     await settle(run.stack.rabbit.url)
     port = free_port()

@@ -47,7 +47,10 @@ async def webhooks(run: Run) -> None:
     busy = 5.0 if run.args.quick else 8.0
     speed = calibration["deliveries_per_s"] or calibration["overall_per_s"] or 10.0
     events = int(min(4000, max(40, speed * busy / per_event)))
-    alone = await measured(events)
+    pid = run.stack.pids()["notifier"]
+    async with run.profiled("notifier delivering webhooks", pid, busy * 0.75) as prof:
+        alone = await measured(events)
+    run.results["phase_profiles"]["notifier delivering webhooks"].update(prof)
     await settle(amqp)
     say(f"webhooks alone: {alone}")
     hanging_result = None
