@@ -5,20 +5,29 @@ outgoing messages (outbox) commit together; FastStream acks only after this retu
 that cannot be parsed, or a `PermanentError`, is rejected to the queue's DLQ at once; any other
 error is nacked and redelivered until the queue's delivery limit dead-letters it.
 
+`traced` wraps every subscribed handler (`ConsumerService` does it): a CONSUMER span
+`process <queue>`, child of the publisher's span (the message's `traceparent`), and the
+consumed-message metrics.
+
 (No `from __future__ import annotations` here: FastStream resolves the handler's
 annotations at runtime to inject the raw message.)
 """
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from faststream.message import AckStatus
 from faststream.rabbit.annotations import RabbitMessage
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared import telemetry
 from shared.inbox import claim
 from shared.logging import get_logger, log_context
 from shared.messages import Message, UnknownMessage, parse_message
+from shared.metrics import ServiceMetrics
 from shared.outbox import OutboxRelay
 
 log = get_logger("CONSUMER")
@@ -55,13 +64,15 @@ class IdempotentConsumer(Generic[M]):
             parsed = await self._parse(message)
             if parsed is None:
                 return
+            user_id = getattr(parsed, "user_id", None)
             try:
-                async with self.sessions() as session, session.begin():
-                    if not await claim(session, self.name, str(raw.message_id)):
-                        self.duplicates += 1
-                        log.info("Duplicate ignored", type=raw.type)
-                        return
-                    await self.handler(session, parsed)
+                with log_context(user_id=str(user_id) if user_id else None):
+                    async with self.sessions() as session, session.begin():
+                        if not await claim(session, self.name, str(raw.message_id)):
+                            self.duplicates += 1
+                            log.info("Duplicate ignored", type=raw.type)
+                            return
+                        await self.handler(session, parsed)
             except PermanentError as exc:
                 log.error("Message dead-lettered", type=raw.type, reason=str(exc))
                 await message.reject()
@@ -88,3 +99,43 @@ async def read_or_reject(message: RabbitMessage, message_type: type[M], consumer
         await message.reject()
         return None
     return parsed
+
+
+Handler = Callable[[RabbitMessage], Awaitable[None]]
+
+
+def traced(queue: str, handler: Handler, metrics: ServiceMetrics | None = None) -> Handler:
+    """`handler` inside a CONSUMER span under the message's context, counted and timed."""
+
+    async def on_message(message: RabbitMessage) -> None:
+        raw = message.raw_message
+        started = time.perf_counter()
+        outcome = "requeued"  # an exception: FastStream nacks, the broker redelivers
+        with telemetry.tracer().start_as_current_span(
+            f"process {queue}",
+            context=telemetry.extract(message.headers),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "rabbitmq",
+                "messaging.operation.type": "process",
+                "messaging.operation.name": "process",
+                "messaging.destination.name": raw.exchange or "",
+                "messaging.destination.subscription.name": queue,
+                "messaging.rabbitmq.destination.routing_key": raw.routing_key or "",
+                "messaging.message.id": str(raw.message_id or ""),
+                "messaging.message.conversation_id": str(raw.correlation_id or ""),
+                "messaging.message.body.size": len(raw.body),
+            },
+        ) as span:
+            try:
+                with log_context(generation_id=raw.correlation_id or None):
+                    await handler(message)
+                outcome = "dead_lettered" if message.committed == AckStatus.REJECTED else "acked"
+            finally:
+                if span.is_recording():
+                    span.set_attribute("reelflow.outcome", outcome)
+                if metrics is not None:
+                    metrics.consumed.labels(queue, outcome).inc()
+                    metrics.handling.labels(queue).observe(time.perf_counter() - started)
+
+    return on_message

@@ -17,7 +17,7 @@ import aio_pika
 import uvicorn
 from faststream import AckPolicy
 from faststream.rabbit import Channel, QueueType, RabbitBroker, RabbitQueue
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.applications import Starlette
@@ -25,13 +25,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from shared import telemetry
+from shared.consumer import traced
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.logging import get_logger
+from shared.metrics import INFO_KEY, ServiceMetrics, install_commit_hook
 from shared.outbox import OutboxRelay
 from shared.settings import Settings
 from shared.topology import WorkQueue
 
 log = get_logger("RUNTIME")
+
+SCRAPE_TIMEOUT_SECONDS = 2.0
 
 
 @dataclass
@@ -42,12 +47,20 @@ class ServiceRuntime:
     sessions: async_sessionmaker[AsyncSession]
     relay: OutboxRelay
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    metrics: ServiceMetrics | None = None
 
     @classmethod
     def build(cls, name: str, settings: Settings, *, pool_size: int = 10) -> ServiceRuntime:
+        """Tracing for the process (`shared.telemetry`), and the service's engine, sessions,
+        relay and metrics registry."""
+        telemetry.setup_telemetry(name, settings)
+        registry = CollectorRegistry()
+        metrics = ServiceMetrics(registry)
+        install_commit_hook()
         engine = make_engine(settings, pool_size=pool_size)
-        sessions = make_sessionmaker(engine)
-        return cls(name, settings, engine, sessions, OutboxRelay(sessions, settings.amqp_url))
+        sessions = make_sessionmaker(engine, info={INFO_KEY: metrics})
+        relay = OutboxRelay(sessions, settings.amqp_url, metrics=metrics)
+        return cls(name, settings, engine, sessions, relay, registry, metrics)
 
     async def start(self) -> None:
         await self.relay.start()
@@ -55,6 +68,23 @@ class ServiceRuntime:
     async def close(self) -> None:
         await self.relay.stop()
         await self.engine.dispose()
+        # Spans still buffered go out now (bounded: an unreachable collector cannot hold us).
+        await asyncio.to_thread(telemetry.flush)
+
+    async def refresh_metrics(self, channel: Any | None, queues: list[WorkQueue]) -> None:
+        """Gauges read at scrape: outbox lag, and the depth, consumers and DLQ of `queues`."""
+        if self.metrics is None:
+            return
+        try:
+            await asyncio.wait_for(
+                self.metrics.refresh(self.engine, channel, [(q.name, q.dlq) for q in queues]),
+                SCRAPE_TIMEOUT_SECONDS,
+            )
+        except Exception as exc:  # the gauges keep their last values; /metrics still answers
+            log.debug("Metrics refresh failed", error=str(exc)[:300])
+
+    def metrics_text(self) -> bytes:
+        return generate_latest(self.registry)
 
     async def database_ok(self) -> bool:
         try:
@@ -96,7 +126,8 @@ class ConsumerService:
                 sub.queue.name, queue_type=QueueType.QUORUM, durable=True, declare=False
             )
             # Nack (requeue) on an unexpected error; the quorum delivery limit dead-letters.
-            self.broker.subscriber(queue, ack_policy=AckPolicy.NACK_ON_ERROR)(sub.handler)
+            handler = traced(sub.queue.name, sub.handler, runtime.metrics)
+            self.broker.subscriber(queue, ack_policy=AckPolicy.NACK_ON_ERROR)(handler)
         self._server: uvicorn.Server | None = None
         self._server_task: asyncio.Task[None] | None = None
         self._probe: aio_pika.abc.AbstractRobustConnection | None = None
@@ -107,7 +138,7 @@ class ConsumerService:
         self._probe = await aio_pika.connect_robust(self.runtime.settings.amqp_url)
         if self.health_port is not None:
             config = uvicorn.Config(
-                health_app(self.ready, self.runtime.registry),
+                health_app(self.ready, self.metrics_text),
                 host=self.runtime.settings.metrics_host,
                 port=self.health_port,
                 log_level="warning",
@@ -159,6 +190,21 @@ class ConsumerService:
         )
         return checks
 
+    async def metrics_text(self) -> bytes:
+        """The exposition, with the scrape-time gauges read first."""
+        channel = None
+        try:
+            if self._probe is not None:
+                channel = await asyncio.wait_for(self._probe.channel(), SCRAPE_TIMEOUT_SECONDS)
+            await self.runtime.refresh_metrics(channel, [s.queue for s in self.subscriptions])
+        except Exception as exc:  # the broker is away: the gauges keep their last values
+            log.debug("Metrics refresh failed", error=str(exc)[:300])
+        finally:
+            if channel is not None:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+        return self.runtime.metrics_text()
+
     async def run_forever(self) -> None:
         """Run until SIGTERM or SIGINT, then stop taking work, let in-flight handlers finish
         (FastStream waits up to SHUTDOWN_GRACE_SECONDS; what is still unacked then goes back to
@@ -178,11 +224,8 @@ class ConsumerService:
 
 
 def health_app(
-    ready: Callable[[], Awaitable[dict[str, Any]]], registry: CollectorRegistry
+    ready: Callable[[], Awaitable[dict[str, Any]]], exposition: Callable[[], Awaitable[bytes]]
 ) -> Starlette:
-    up = Gauge("reelflow_up", "1 while the process runs", registry=registry)
-    up.set(1)
-
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -191,7 +234,7 @@ def health_app(
         return JSONResponse(checks, status_code=200 if checks["ok"] else 503)
 
     async def metrics(_: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(await exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(
         routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)]

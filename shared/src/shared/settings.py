@@ -109,6 +109,25 @@ class Settings(BaseSettings):
         8, ge=1, le=64, validation_alias="WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT"
     )
 
+    # OpenTelemetry (shared/telemetry.py). The standard variables; other OTEL_* ones (headers,
+    # timeout, sampler, batch sizes, resource attributes) are read by the SDK itself. Unlike the
+    # SDK's own default, no exporter unless one is asked for: ids still flow, nothing is sent.
+    otel_sdk_disabled: bool = Field(False, validation_alias="OTEL_SDK_DISABLED")
+    otel_traces_exporter: str = Field("none", validation_alias="OTEL_TRACES_EXPORTER")
+    otel_service_name: str | None = Field(None, validation_alias="OTEL_SERVICE_NAME")
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        None, validation_alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )
+    otel_exporter_otlp_protocol: Literal["http/protobuf", "grpc"] = Field(
+        "http/protobuf",
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"
+        ),
+    )
+
     log_format: Literal["console", "json"] = Field("console", validation_alias="LOG_FORMAT")
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
     # Server-Sent Events: a comment line this often keeps idle streams (and proxies) open.
@@ -190,6 +209,24 @@ class Settings(BaseSettings):
             if not parts or not all(p.isdigit() for p in parts):
                 raise ValueError("expected comma-separated whole seconds, e.g. 5,300,1800")
             return [int(p) for p in parts]
+        return value
+
+    @field_validator("otel_traces_exporter")
+    @classmethod
+    def _check_exporters(cls, value: str) -> str:
+        names = {p.strip().lower() for p in value.split(",") if p.strip()} or {"none"}
+        unknown = names - {"otlp", "console", "none"}
+        if unknown:
+            raise ValueError(f"unknown exporter {sorted(unknown)[0]!r}; use otlp, console or none")
+        return ",".join(sorted(names - {"none"})) or "none"
+
+    @field_validator("otel_exporter_otlp_endpoint", "otel_exporter_otlp_traces_endpoint")
+    @classmethod
+    def _check_otlp_endpoint(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s):// URL")
         return value
 
     @field_validator("price_per_second_usd", mode="before")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from shared.runtime import ServiceRuntime
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -30,12 +30,5 @@ class HttpMetrics:
 
 
 def install_runtime_metrics(runtime: ServiceRuntime) -> HttpMetrics:
-    up = Gauge("reelflow_up", "1 while the process runs", registry=runtime.registry)
-    up.set(1)
-    published = Gauge(
-        "reelflow_outbox_published",
-        "Outbox messages this process published",
-        registry=runtime.registry,
-    )
-    published.set_function(lambda: runtime.relay.published)
+    """The HTTP metrics, beside those every runtime has (`shared.metrics.ServiceMetrics`)."""
     return HttpMetrics(runtime.registry)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
@@ -20,8 +22,11 @@ def make_engine(settings: Settings, *, pool_size: int = 10) -> AsyncEngine:
     )
 
 
-def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+def make_sessionmaker(
+    engine: AsyncEngine, *, info: dict[str, Any] | None = None
+) -> async_sessionmaker[AsyncSession]:
+    """`info` is copied into every session's `Session.info` (e.g. the service's metrics)."""
+    return async_sessionmaker(engine, expire_on_commit=False, info=info)
 
 
 async def ensure_database(settings: Settings) -> bool:

@@ -141,6 +141,10 @@ class Generation(SQLModel, table=True):
     error: dict[str, Any] | None = _json()
     idempotency_key: str | None = Field(default=None, max_length=255)
     request_hash: str | None = Field(default=None, max_length=64)
+    # The W3C context the generation was created in (`shared.telemetry.generation_span`), and
+    # when its current status began (None: at created_at; progress moves only updated_at).
+    trace_context: dict[str, Any] | None = _json()
+    status_changed_at: datetime | None = _ts(nullable=True)
     created_at: datetime = _ts(nullable=False, default=utcnow)
     updated_at: datetime = _ts(nullable=False, default=utcnow)
 
@@ -213,6 +217,8 @@ class RenderJob(SQLModel, table=True):
     next_poll_at: datetime | None = _ts(nullable=True)
     poll_count: int = 0
     transient_errors: int = 0  # in a row, in the current step; reset by a success
+    # The render command's consumer context: the job's spans join the generation's trace.
+    trace_context: dict[str, Any] | None = _json()
     created_at: datetime = _ts(nullable=False, default=utcnow)
     updated_at: datetime = _ts(nullable=False, default=utcnow)
 

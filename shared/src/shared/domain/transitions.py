@@ -1,5 +1,9 @@
 """Applying a transition: `decide()`, a compare-and-set on the row's version, and the lifecycle
-events to the outbox, all in the caller's transaction."""
+events to the outbox, all in the caller's transaction.
+
+Also where a generation is observed: its status-change metrics (counted at commit) and its
+trace. The events are written in the generation's own trace, whichever trace the move was made
+in (`telemetry.generation_span`)."""
 
 from __future__ import annotations
 
@@ -8,8 +12,10 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared import telemetry
 from shared.db.models import Generation, utcnow
 from shared.messages import GenerationSnapshot, LifecycleEvent
+from shared.metrics import note_transition
 from shared.outbox import enqueue
 from shared.state_machine import Decision, Status, Trigger, decide
 
@@ -44,7 +50,8 @@ async def apply_transition(
 ) -> Decision:
     """Move `gen` by `trigger`, writing `changes` with it. Raises `IllegalTransition` or
     `ConcurrentUpdate`; on success `gen` holds the new values and its events are in the outbox."""
-    decision = decide(Status(gen.status), trigger)
+    before = Status(gen.status)
+    decision = decide(before, trigger)
     now = utcnow()
     values = {
         **changes,
@@ -52,6 +59,8 @@ async def apply_transition(
         "version": gen.version + 1,
         "updated_at": now,
     }
+    if decision.changed(before):
+        values["status_changed_at"] = now
     if decision.status == Status.CONFIRMED and gen.status != Status.CONFIRMED:
         values["confirmed_at"] = now  # dates the video seconds spent (the daily quota)
     result = await session.execute(
@@ -62,18 +71,41 @@ async def apply_transition(
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         raise ConcurrentUpdate(str(gen.id))
+    entered = gen.status_changed_at or gen.created_at
     for key, value in values.items():
         setattr(gen, key, value)
-    for event in decision.events:
-        enqueue(
-            session,
-            LifecycleEvent(
-                generation_id=gen.id,
-                event=event,
-                user_id=gen.user_id,
-                conversation_id=gen.conversation_id,
-                snapshot=snapshot(gen),
-                occurred_at=now,
-            ),
-        )
+    if decision.changed(before):
+        _observe(session, gen, before, decision.status, (now - entered).total_seconds())
+    telemetry.label(gen.id, gen.user_id)
+    ids = {telemetry.GENERATION_ID: str(gen.id), telemetry.USER_ID: str(gen.user_id)}
+    name = f"generation {trigger.value}"
+    with telemetry.generation_span(name, gen.trace_context, **ids):
+        for event in decision.events:
+            enqueue(
+                session,
+                LifecycleEvent(
+                    generation_id=gen.id,
+                    event=event,
+                    user_id=gen.user_id,
+                    conversation_id=gen.conversation_id,
+                    snapshot=snapshot(gen),
+                    occurred_at=now,
+                ),
+            )
     return decision
+
+
+def _observe(
+    session: AsyncSession, gen: Generation, before: Status, after: Status, seconds: float
+) -> None:
+    error = gen.error.get("code") if after == Status.FAILED and gen.error else None
+    confirmed = after == Status.CONFIRMED
+    note_transition(
+        session,
+        before=before.value,
+        after=after.value,
+        seconds=seconds,
+        error_code=error,
+        spend=gen.estimated_cost_usd if confirmed else None,
+        model=(gen.spec or {}).get("model") if confirmed else None,
+    )

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from api.deps import Runtime
@@ -54,4 +54,5 @@ async def readyz(request: Request, runtime: Runtime) -> JSONResponse:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(runtime: Runtime) -> Response:
-    return Response(generate_latest(runtime.registry), media_type=CONTENT_TYPE_LATEST)
+    await runtime.refresh_metrics(None, [])  # the outbox's lag, read now
+    return Response(runtime.metrics_text(), media_type=CONTENT_TYPE_LATEST)
