@@ -11,9 +11,11 @@ from shared.db.models import Generation, User, utcnow
 from shared.domain.pricing import UnsupportedParams, check_supported
 from shared.domain.quotas import Limits
 from shared.messages import GenerationRequested
+from shared.metrics import note_transition
 from shared.outbox import enqueue
 from shared.settings import Settings
 from shared.state_machine import INITIAL
+from shared.telemetry import carrier, label
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -100,10 +102,13 @@ async def create_generation(
         params=canonical["params"],
         idempotency_key=idempotency_key,
         request_hash=digest,
+        trace_context=carrier(),  # later moves announce their events in this trace
         created_at=now,
         updated_at=now,
     )
+    label(gen.id, user_id)
     db.add(gen)
+    note_transition(db, before=None, after=gen.status, seconds=None)  # counted at commit
     enqueue(db, GenerationRequested(generation_id=gen.id, user_id=user_id))
     if also is not None:
         await also(gen)

@@ -10,6 +10,7 @@ from types import FrameType
 
 import uvicorn
 from shared.settings import Settings
+from shared.telemetry import setup_telemetry
 
 from api.app import create_app
 
@@ -46,6 +47,7 @@ class _Server(uvicorn.Server):
 
 
 def build(settings: Settings) -> uvicorn.Server:
+    setup_telemetry("api", settings)  # before uvicorn's first log line names the service
     config = uvicorn.Config(
         create_app(settings),
         host=settings.api_host,

@@ -6,11 +6,13 @@ import re
 import time
 import uuid
 
+from opentelemetry.trace import Span
 from shared.logging import get_logger, log_context
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.problems import problem_response
+from api.tracing import finish, server_span
 
 log = get_logger("HTTP")
 
@@ -26,8 +28,9 @@ def request_id_from(headers: Headers) -> str:
 
 
 class RequestContextMiddleware:
-    """Outermost: a request id in the log context and the response, one access line, request
-    metrics by route template, and a problem+json 500 for anything a handler let escape."""
+    """Outermost: the request's SERVER span (probes get none), a request id in the log context
+    and the response, one access line, request metrics by route template, and a problem+json
+    500 for anything a handler let escape."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -36,7 +39,22 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = request_id_from(Headers(scope=scope))
+        headers = Headers(scope=scope)
+        if scope["path"] in _QUIET:
+            await self._handle(scope, receive, send, headers)
+            return
+        with server_span(scope, headers) as span:
+            await self._handle(scope, receive, send, headers, span)
+
+    async def _handle(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: Headers,
+        span: Span | None = None,
+    ) -> None:
+        request_id = request_id_from(headers)
         started = time.perf_counter()
         status = 500
         response_started = False
@@ -63,6 +81,8 @@ class RequestContextMiddleware:
                 elapsed = time.perf_counter() - started
                 route = scope.get("route")
                 template = getattr(route, "path", None) or "unmatched"
+                if span is not None:
+                    finish(span, scope, template, status)
                 metrics = getattr(getattr(scope.get("app"), "state", None), "metrics", None)
                 if metrics is not None:
                     metrics.observe(scope["method"], template, status, elapsed)

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from shared.db.models import Generation
 from shared.domain.transitions import ConcurrentUpdate
 from shared.logging import get_logger
+from shared.telemetry import label
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -48,6 +49,7 @@ async def with_generation(session: AsyncSession, generation_id: uuid.UUID, step:
             # Nothing to act on and retrying cannot create it: acknowledge and move on.
             log.warning("Generation not found, message ignored", generation_id=str(generation_id))
             return
+        label(gen.id, gen.user_id)  # whose generation the message's span is about
         try:
             await step(gen)
             return
