@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
@@ -27,9 +28,11 @@ from shared.domain import veo_models
 from shared.logging import get_logger
 from shared.schemas import ErrorCode, Progress
 from shared.settings import Settings
+from shared.telemetry import tracer
 
 from veo_worker import backoff
 from veo_worker.jobs import RUNNING, SUBMITTING, JobStore, LeaseLost
+from veo_worker.observe import ProviderMetrics
 from veo_worker.providers.base import (
     Interrupted,
     JobCancelled,
@@ -70,10 +73,17 @@ def _interrupted_too_often(ctx: JobContext) -> ProviderError | None:
 
 
 class LocalFlow:
-    def __init__(self, provider: LocalProvider, finisher: Finisher, store: JobStore) -> None:
+    def __init__(
+        self,
+        provider: LocalProvider,
+        finisher: Finisher,
+        store: JobStore,
+        metrics: ProviderMetrics | None = None,
+    ) -> None:
         self.provider = provider
         self.finisher = finisher
         self.store = store
+        self.metrics = metrics
 
     async def run(self, ctx: JobContext) -> str:
         if (error := _interrupted_too_often(ctx)) is not None:
@@ -85,7 +95,12 @@ class LocalFlow:
             video = workdir / "video.mp4"
             work = ProviderJob(job.generation_id, job.spec, job.attempts)
             log.info("Render started", provider="local", attempt=job.attempts)
-            await step("render", self.provider.generate(work, video, report))
+            timing = self.metrics.call("local", "render") if self.metrics else nullcontext()
+            with timing, tracer().start_as_current_span("render local video"):
+                await step("render", self.provider.generate(work, video, report))
+            if self.metrics:
+                elapsed = (_now() - started).total_seconds()
+                self.metrics.operations.labels("local", job.spec.model).observe(elapsed)
             result = await self.finisher.store(job, video, report, started_at=started)
         finally:
             await asyncio.to_thread(shutil.rmtree, workdir, ignore_errors=True)
@@ -248,6 +263,9 @@ class VeoFlow:
             if state.done:
                 assert state.video_uri is not None
                 log.info("Operation done", polls=job.poll_count)
+                if self.client.metrics is not None:
+                    took = (_now() - submitted).total_seconds()
+                    self.client.metrics.operations.labels("veo", job.spec.model).observe(took)
                 return state.video_uri
             delay = backoff.poll_delay(
                 job.poll_count,

@@ -23,6 +23,7 @@ from shared.messages import RenderReported, RenderReportKind, RenderRequested
 from shared.outbox import OutboxRelay, enqueue
 from shared.schemas import ErrorInfo, Progress, RenderResult, RenderSpec
 from shared.state_machine import Status
+from shared.telemetry import carrier
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -54,11 +55,12 @@ class Job:
     deadline_at: datetime | None
     created_at: datetime
     resumed: bool  # taken over from an earlier holder (not a fresh start)
+    trace_context: dict[str, Any] | None = None  # the render command's (telemetry)
 
 
 _COLUMNS = (
     "generation_id, user_id, provider, status, spec, operation_name, attempts, "
-    "transient_errors, poll_count, submitted_at, deadline_at, created_at"
+    "transient_errors, poll_count, submitted_at, deadline_at, created_at, trace_context"
 )
 
 
@@ -77,6 +79,7 @@ def _job(row: Any, *, resumed: bool) -> Job:
         deadline_at=row.deadline_at,
         created_at=row.created_at,
         resumed=resumed,
+        trace_context=row.trace_context,
     )
 
 
@@ -196,9 +199,9 @@ class JobStore:
             text(
                 """
                 INSERT INTO render_jobs (generation_id, user_id, provider, status, spec, error,
-                    attempts, poll_count, transient_errors, created_at, updated_at)
+                    attempts, poll_count, transient_errors, trace_context, created_at, updated_at)
                 VALUES (:id, :user, :provider, :status, CAST(:spec AS jsonb),
-                    CAST(:error AS jsonb), 0, 0, 0, now(), now())
+                    CAST(:error AS jsonb), 0, 0, 0, CAST(:trace AS jsonb), now(), now())
                 ON CONFLICT (generation_id) DO NOTHING
                 """
             ),
@@ -207,6 +210,8 @@ class JobStore:
                 "user": command.user_id,
                 "provider": self.provider,
                 "spec": command.spec.model_dump_json(),
+                # The consumer span's context: the scheduler's spans for this job join it.
+                "trace": json.dumps(context) if (context := carrier()) else None,
                 **values,
             },
         )

@@ -24,6 +24,7 @@ from shared.topology import WORKER_RENDER
 from veo_worker.flows import Flow, LocalFlow, VeoFlow
 from veo_worker.handlers import RenderCommands
 from veo_worker.jobs import RUNNING, SUBMITTING, JobStore
+from veo_worker.observe import ProviderMetrics
 from veo_worker.providers import build_provider
 from veo_worker.providers.veo import VeoProvider
 from veo_worker.scheduler import Scheduler
@@ -109,8 +110,10 @@ def build(settings: Settings) -> WorkerService:
     )
     storage = StorageHolder(runtime)
     finisher = Finisher(storage.get, cpu_slots=settings.worker_concurrency)
+    metrics = ProviderMetrics(runtime.registry)
     flow: Flow
     if isinstance(provider, VeoProvider):
+        provider.client.metrics = metrics
         flow = VeoFlow(
             settings,
             store,
@@ -125,7 +128,7 @@ def build(settings: Settings) -> WorkerService:
             SUBMITTING,
         )
     else:
-        flow = LocalFlow(provider, finisher, store)
+        flow = LocalFlow(provider, finisher, store, metrics)
         capacity, per_minute, claim_status = settings.worker_concurrency, None, RUNNING
     renders = Counter(
         "reelflow_worker_renders",

@@ -25,6 +25,7 @@ from shared.logging import get_logger, log_context
 
 from veo_worker.flows import Flow
 from veo_worker.jobs import Job, JobStore, LeaseLost
+from veo_worker.observe import job_span
 from veo_worker.providers.base import Interrupted, JobCancelled, ProviderError
 from veo_worker.steps import JobContext
 
@@ -148,10 +149,15 @@ class Scheduler:
     async def _run(self, ctx: JobContext) -> None:
         job = ctx.job
         try:
-            with log_context(generation_id=str(job.generation_id)):
+            with (
+                log_context(generation_id=str(job.generation_id), user_id=str(job.user_id)),
+                job_span(job) as span,
+            ):
                 if job.resumed:
                     log.info("Job taken up again", status=job.status, attempts=job.attempts)
-                self._count(await self._outcome(ctx))
+                outcome = await self._outcome(ctx)
+                span.set_attribute("reelflow.job.outcome", outcome)
+                self._count(outcome)
         finally:
             self.held.pop(job.generation_id, None)
             self._wake.set()  # room for another job

@@ -16,6 +16,7 @@ from shared.schemas import Progress, RenderResult
 
 from veo_worker.jobs import Job, JobStore, LeaseLost
 from veo_worker.local_render import render_thumbnail
+from veo_worker.observe import storage_span
 from veo_worker.probe import InvalidMedia, MediaInfo, probe_video
 from veo_worker.providers.base import Interrupted, JobCancelled, ProviderError
 
@@ -127,8 +128,12 @@ class Finisher:
             thumbnail_key(job.user_id, job.generation_id),
         )
         storage = await self._storage()
-        await step("upload", storage.put_file(keys[0], video, "video/mp4"))
-        await step("upload", storage.put_file(keys[1], thumbnail, "image/jpeg"))
+        for key, path, content_type in (
+            (keys[0], video, "video/mp4"),
+            (keys[1], thumbnail, "image/jpeg"),
+        ):
+            with storage_span(storage, key, content_type):
+                await step("upload", storage.put_file(key, path, content_type))
         return RenderResult(
             video_key=keys[0],
             thumbnail_key=keys[1],

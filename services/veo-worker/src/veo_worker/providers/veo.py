@@ -10,13 +10,18 @@ sent to the API's own origin only). The waiting between them belongs to the work
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+from opentelemetry.trace import Span
 from shared.schemas import RenderSpec
 from shared.settings import Settings
+from shared.telemetry import client_span, http_status
 
+from veo_worker.observe import ProviderMetrics
 from veo_worker.providers import veo_wire
 from veo_worker.providers.base import ProviderError
 from veo_worker.providers.veo_wire import OperationState, TransientError
@@ -47,9 +52,19 @@ class VeoClient:
             ),
             follow_redirects=False,
         )
+        self.metrics: ProviderMetrics | None = None  # set by the wiring (the service's registry)
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+    @contextlib.contextmanager
+    def _call(self, operation: str, method: str, url: str, template: str) -> Iterator[Span]:
+        """A CLIENT span (the key travels in a header, never in `url.full`) and the metrics."""
+        timing = self.metrics.call("veo", operation) if self.metrics else contextlib.nullcontext()
+        with timing, client_span(method, url, template=template) as span:
+            span.set_attribute("gen_ai.provider.name", "gcp.gemini")
+            span.set_attribute("reelflow.provider.operation", operation)
+            yield span
 
     def _headers(self) -> dict[str, str]:
         return {"x-goog-api-key": self._key}
@@ -57,6 +72,14 @@ class VeoClient:
     async def submit(self, spec: RenderSpec) -> str:
         """The operation name; `TransientError`, `ProviderError` or `SubmitOutcomeUnknown`."""
         url = f"{self.base_url}/v1beta/models/{spec.model}:predictLongRunning"
+        template = "/v1beta/models/{model}:predictLongRunning"
+        with self._call("submit", "POST", url, template) as span:
+            span.set_attribute("gen_ai.request.model", spec.model)
+            name = await self._submit(url, spec, span)
+            span.set_attribute("reelflow.veo.operation", name)
+            return name
+
+    async def _submit(self, url: str, spec: RenderSpec, span: Span) -> str:
         try:
             response = await self.http.post(
                 url, json=veo_wire.request_body(spec), headers=self._headers()
@@ -68,6 +91,7 @@ class VeoClient:
             raise TransientError(f"submit: sending failed: {_describe(exc)}") from exc
         except httpx.HTTPError as exc:  # read timeout, reset, disconnect: sent, no answer
             raise SubmitOutcomeUnknown(f"submit sent but not answered: {_describe(exc)}") from exc
+        http_status(span, response.status_code)
         if response.status_code != 200:
             raise veo_wire.http_failure(
                 response.status_code, dict(response.headers), response.content, "submit"
@@ -81,10 +105,17 @@ class VeoClient:
 
     async def poll(self, name: str) -> OperationState:
         url = f"{self.base_url}/v1beta/{name}"
+        with self._call("poll", "GET", url, "/v1beta/{operation}") as span:
+            state = await self._poll(url, name, span)
+            span.set_attribute("reelflow.veo.done", state.done)
+            return state
+
+    async def _poll(self, url: str, name: str, span: Span) -> OperationState:
         try:
             response = await self.http.get(url, headers=self._headers())
         except httpx.HTTPError as exc:  # polling is read-only: every transport error is retried
             raise TransientError(f"poll: {_describe(exc)}") from exc
+        http_status(span, response.status_code)
         if response.status_code == 404:
             raise ProviderError("internal", f"Veo no longer knows the operation {name}")
         if response.status_code != 200:
@@ -95,6 +126,12 @@ class VeoClient:
 
     async def download(self, uri: str, path: Path) -> int:
         """Stream the video at `uri` into `path`; its size in bytes."""
+        with self._call("download", "GET", uri, "/v1beta/files/{file}:download") as span:
+            size = await self._download(uri, path, span)
+            span.set_attribute("http.response.body.size", size)
+            return size
+
+    async def _download(self, uri: str, path: Path, span: Span) -> int:
         url = uri
         for _ in range(MAX_REDIRECTS + 1):
             headers = self._headers() if _origin(url) == self._origin else {}
@@ -103,6 +140,7 @@ class VeoClient:
                     if response.is_redirect and "location" in response.headers:
                         url = urljoin(url, response.headers["location"])
                         continue
+                    http_status(span, response.status_code)
                     if response.status_code in (404, 410):
                         raise ProviderError(
                             "internal",
