@@ -67,7 +67,12 @@ async def test_a_receiver_failing_twice_gets_the_same_webhook_id_three_times(
     assert {h.body for h in nextjs.hits} == {delivery.payload.encode()}
     for hit in nextjs.hits:  # every attempt is signed afresh and verifies
         NEXTJS_VERIFIER.verify(hit.body, hit.headers)
-        assert hit.headers["traceparent"] == TRACEPARENT
+        # The event's trace goes on at the receiver, from this attempt's own (client) span.
+        version, trace_id, parent, _ = hit.headers["traceparent"].split("-")
+        assert (version, trace_id) == ("00", TRACEPARENT.split("-")[1])
+        assert parent != TRACEPARENT.split("-")[2]
+    parents = {h.headers["traceparent"].split("-")[2] for h in nextjs.hits}
+    assert len(parents) == 3  # one span per attempt
     # At the scheduled spacing: 1 s ±20% between attempts (never sooner).
     gaps = [b.at - a.at for a, b in zip(nextjs.hits, nextjs.hits[1:], strict=False)]
     assert all(gap >= 0.8 for gap in gaps), gaps

@@ -19,6 +19,7 @@ attempt under the same `webhook-id`, with no retries of its own.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,7 @@ from shared.logging import get_logger, log_context
 from shared.messages import WebhookDeliveryRequested
 from shared.outbox import OutboxRelay, enqueue
 from shared.settings import Settings
+from shared.telemetry import client_span, http_status, inject
 from shared.topology import DELAY_QUEUES
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -74,6 +76,7 @@ class Attempt:
     keys: tuple[Key, ...]
     bearer: str | None
     trusted: bool
+    user_id: str | None = None  # whom the event is about (the payload's `userId`)
 
 
 class Metrics:
@@ -94,6 +97,12 @@ class Metrics:
             "reelflow_webhook_deliveries_finished",
             "Webhook deliveries by final status",
             ["status"],
+            registry=registry,
+        )
+        self.delivered = Histogram(
+            "reelflow_webhook_delivery_seconds",
+            "From a lifecycle event to its webhook's successful delivery, retries included",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200, 36000),
             registry=registry,
         )
         self.deferred = Counter(
@@ -143,6 +152,16 @@ class Deliverer:
     async def deliver(self, command: WebhookDeliveryRequested, traceparent: str | None) -> None:
         async with self.sessions() as session, session.begin():
             step = await self.load(session, command, traceparent)
+        # The user the webhook is about labels this delivery's spans (and its log lines).
+        with log_context(user_id=step.user_id if isinstance(step, Attempt) else None):
+            await self._deliver(command, step, traceparent)
+
+    async def _deliver(
+        self,
+        command: WebhookDeliveryRequested,
+        step: Skip | Park | Attempt,
+        traceparent: str | None,
+    ) -> None:
         if isinstance(step, Skip):
             log.info("Delivery command skipped", reason=step.reason)
             return
@@ -183,15 +202,24 @@ class Deliverer:
 
     async def send(self, step: Attempt, traceparent: str | None) -> tuple[datetime, Outcome]:
         started = utcnow()
-        headers = request_headers(
-            step.webhook_id,
-            step.body,
-            step.keys,
-            started,
-            bearer=step.bearer,
-            traceparent=traceparent,
-        )
-        outcome = await self.sender.post(step.url, step.body, headers, trusted=step.trusted)
+        attributes = {
+            "reelflow.webhook.id": step.webhook_id,
+            "reelflow.webhook.target": step.target,
+        }
+        with client_span("POST", step.url, **attributes) as span:
+            # The receiver continues from this attempt's own span (the event's context, or the
+            # minted one, only when tracing is off).
+            traceparent = inject({}).get("traceparent") or traceparent
+            headers = request_headers(
+                step.webhook_id,
+                step.body,
+                step.keys,
+                started,
+                bearer=step.bearer,
+                traceparent=traceparent,
+            )
+            outcome = await self.sender.post(step.url, step.body, headers, trusted=step.trusted)
+            http_status(span, outcome.status_code, outcome.error)
         self.metrics.attempts.labels("ok" if outcome.ok else "failed").inc()
         self.metrics.latency.observe(outcome.latency_ms / 1000)
         return started, outcome
@@ -222,6 +250,7 @@ class Deliverer:
                 (token.encode(),) if token else (),
                 token,
                 trusted=True,
+                user_id=_user_of(delivery.payload),
             )
         endpoint = (
             await session.get(WebhookEndpoint, delivery.endpoint_id)
@@ -240,6 +269,7 @@ class Deliverer:
             signing_keys(endpoint, utcnow()),
             None,
             trusted=False,
+            user_id=str(endpoint.user_id) if endpoint.user_id else None,
         )
 
     async def record(
@@ -276,6 +306,8 @@ class Deliverer:
         if verdict.next == Next.SUCCEEDED:
             await finish(session, delivery.id, "succeeded")
             self.metrics.finished.labels("succeeded").inc()
+            # From the event to its successful delivery, retries included.
+            self.metrics.delivered.observe((utcnow() - delivery.created_at).total_seconds())
             log.info("Webhook delivered", latency_ms=outcome.latency_ms, target=delivery.target)
         elif verdict.next == Next.RETRY:
             assert verdict.wait_seconds is not None
@@ -321,6 +353,14 @@ class Deliverer:
                 f"{at:%Y-%m-%d %H:%M:%S} UTC."
             )
             await disable(session, endpoint_id, reason)
+
+
+def _user_of(payload: str) -> str | None:
+    try:
+        value = json.loads(payload).get("userId")
+    except (ValueError, AttributeError):
+        return None
+    return str(value) if value else None
 
 
 async def attempts_made(session: AsyncSession, delivery_id: uuid.UUID) -> int:

@@ -14,6 +14,7 @@ from shared.media import Storage
 from shared.messages import ConversationMessageCreated, LifecycleEvent, WebhookDeliveryRequested
 from shared.outbox import enqueue
 from shared.settings import Settings
+from shared.telemetry import tracer
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -26,7 +27,8 @@ from notifier.targets import Target, targets_for
 log = get_logger("NOTIFIER")
 
 # The `traceparent` of the event being handled, read from its AMQP headers by
-# `with_traceparent` (the inbox wrapper hands handlers only the parsed message).
+# `with_traceparent` (the inbox wrapper hands handlers only the parsed message). Used only when
+# tracing is off (OTEL_SDK_DISABLED): otherwise the outbox stores the consumer span's context.
 TRACEPARENT: ContextVar[str | None] = ContextVar("notifier_traceparent", default=None)
 
 
@@ -76,24 +78,34 @@ async def add_reply(
     session: AsyncSession, event: LifecycleEvent, key: uuid.UUID, reply: Reply
 ) -> None:
     """At most one assistant message per event, however often the event arrives."""
-    inserted = await session.scalar(
-        insert(ChatMessage)
-        .values(
-            id=uuid.uuid4(),
-            conversation_id=event.conversation_id,
-            role="assistant",
-            content=reply.content,
-            generation_id=event.generation_id,
-            attachments=reply.attachments,
-            source_event_id=str(key),
-            # Event time, not handling time: events handled concurrently still read in order.
-            created_at=event.occurred_at,
+    with tracer().start_as_current_span(
+        "assistant message",
+        attributes={
+            "reelflow.conversation_id": str(event.conversation_id),
+            "reelflow.lifecycle_event": event.event.value,
+        },
+    ) as span:
+        inserted = await session.scalar(
+            insert(ChatMessage)
+            .values(
+                id=uuid.uuid4(),
+                conversation_id=event.conversation_id,
+                role="assistant",
+                content=reply.content,
+                generation_id=event.generation_id,
+                attachments=reply.attachments,
+                source_event_id=str(key),
+                # Event time, not handling time: events handled concurrently still read in order.
+                created_at=event.occurred_at,
+            )
+            .on_conflict_do_nothing(index_elements=["source_event_id"])
+            .returning(col(ChatMessage.id))
         )
-        .on_conflict_do_nothing(index_elements=["source_event_id"])
-        .returning(col(ChatMessage.id))
-    )
+        span.set_attribute("reelflow.message.created", inserted is not None)
     if inserted is not None:
-        log.info("Assistant message added", event=event.event.value, message=str(inserted))
+        log.info(
+            "Assistant message added", lifecycle_event=event.event.value, message=str(inserted)
+        )
         # Open views of the conversation (the API's SSE streams) learn of it through the outbox.
         notice = ConversationMessageCreated(
             generation_id=event.generation_id,
@@ -147,4 +159,6 @@ async def add_deliveries(
             headers=headers,
         )
     if created:
-        log.info("Webhooks queued", event=event.event.value, webhook_id=wid, count=len(created))
+        log.info(
+            "Webhooks queued", lifecycle_event=event.event.value, webhook_id=wid, count=len(created)
+        )
