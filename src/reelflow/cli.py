@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from shared.logging import configure_logging, get_logger
+from shared.logging import configure_logging, get_logger, set_service
 from shared.settings import Settings, SettingsError, load_settings
 
 log = get_logger("CLI")
@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reelflow: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
+    set_service(args.command if args.command in SERVICES else "reelflow")  # JSON lines' service
     try:
         return asyncio.run(_dispatch(args, settings))
     except KeyboardInterrupt:
