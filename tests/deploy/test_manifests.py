@@ -47,6 +47,8 @@ CRD_SCHEMAS = {
 # Settings without a default that production may leave out, and why.
 NOT_NEEDED_IN_PRODUCTION = {
     "R2_ACCOUNT_ID": "the seed's R2 alias; S3_ENDPOINT_URL names any S3-compatible endpoint",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "OTEL_EXPORTER_OTLP_ENDPOINT names the collector; "
+    "this one overrides it for traces only",
 }
 
 
