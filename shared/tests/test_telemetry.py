@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -216,3 +217,24 @@ def test_exporter_lists_are_normalised() -> None:
         "console,otlp"
     )
     assert load_settings(OTEL_TRACES_EXPORTER="none").otel_traces_exporter == "none"
+
+
+def test_an_unreachable_collector_costs_nothing_but_a_lost_batch(
+    monkeypatch: pytest.MonkeyPatch, lines: io.StringIO
+) -> None:
+    _capture(lines, "console")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = load_settings(
+        OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}"
+    )
+    telemetry.setup_telemetry("tests", settings)
+    try:
+        with telemetry.tracer().start_as_current_span("lost") as span:
+            assert span.is_recording()
+        telemetry.flush(1.0)  # returns; the batch is dropped
+    finally:
+        telemetry.shutdown_telemetry()
+    assert "Transient error" not in lines.getvalue()  # no line per retry

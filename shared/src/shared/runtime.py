@@ -37,6 +37,7 @@ from shared.topology import WorkQueue
 log = get_logger("RUNTIME")
 
 SCRAPE_TIMEOUT_SECONDS = 2.0
+FLUSH_TIMEOUT_SECONDS = 3.0
 
 
 @dataclass
@@ -68,8 +69,10 @@ class ServiceRuntime:
     async def close(self) -> None:
         await self.relay.stop()
         await self.engine.dispose()
-        # Spans still buffered go out now (bounded: an unreachable collector cannot hold us).
-        await asyncio.to_thread(telemetry.flush)
+        # Spans still buffered go out now; an unreachable collector holds us no longer than this
+        # (the exporter's own retries, bounded by OTEL_EXPORTER_OTLP_TIMEOUT, go on in its thread).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.to_thread(telemetry.flush), FLUSH_TIMEOUT_SECONDS)
 
     async def refresh_metrics(self, channel: Any | None, queues: list[WorkQueue]) -> None:
         """Gauges read at scrape: outbox lag, and the depth, consumers and DLQ of `queues`."""

@@ -17,6 +17,7 @@ from the exporter's background thread, never a failed request.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Iterator, Mapping
@@ -68,6 +69,8 @@ def setup_telemetry(
         _tracer = trace.NoOpTracer()
         return
     exporters = [exporter] if exporter is not None else _exporters(settings)
+    # A collector that is away: one error line per lost batch, not one per retry.
+    logging.getLogger("opentelemetry.exporter").setLevel(logging.ERROR)
     resource = Resource.create(
         {
             "service.name": settings.otel_service_name or f"reelflow-{service}",
