@@ -12,8 +12,11 @@ Each report to the orchestrator is an outbox row committed with the job's new st
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -162,8 +165,12 @@ class JobStore:
         *,
         owner: str,
         lease_seconds: float,
+        step_slots: int = 8,
     ) -> None:
         self.sessions = sessions
+        # Thousands of held jobs may write at once; they queue here, not in the connection
+        # pool (whose checkout times out), leaving connections for claims and the heartbeat.
+        self._slots = asyncio.Semaphore(step_slots)
         self.relay = relay
         self.provider = provider
         self.owner = owner
@@ -276,7 +283,7 @@ class JobStore:
 
     async def pause_submissions(self, seconds: float) -> None:
         """Nobody submits for a while (the provider said 429): the window is shared."""
-        async with self.sessions() as session, session.begin():
+        async with self._transaction() as session:
             await session.execute(
                 text(
                     """UPDATE submit_windows SET paused_until = GREATEST(
@@ -313,7 +320,7 @@ class JobStore:
 
     async def requeue(self, job: Job, *, after_seconds: float, transient_errors: int) -> None:
         """Back to the queue after a definite (not ambiguous) submission failure."""
-        async with self.sessions() as session, session.begin():
+        async with self._transaction() as session:
             result = await session.execute(
                 text(
                     """UPDATE render_jobs SET status = 'queued', transient_errors = :errors,
@@ -336,7 +343,7 @@ class JobStore:
     ) -> tuple[datetime, datetime]:
         """The operation name, stored with `running` and the `submitted` report in one commit,
         before any waiting. Its submission and deadline times."""
-        async with self.sessions() as session, session.begin():
+        async with self._transaction() as session:
             submitted, deadline = (
                 await session.execute(
                     text(
@@ -362,12 +369,12 @@ class JobStore:
         return submitted, deadline
 
     async def update(self, job: Job, **values: Any) -> None:
-        async with self.sessions() as session, session.begin():
+        async with self._transaction() as session:
             await self._set(session, job, **values)
 
     async def progress(self, job: Job, progress: Progress, **values: Any) -> bool:
         """Report progress (with any column changes); False if the generation has ended."""
-        async with self.sessions() as session, session.begin():
+        async with self._transaction() as session:
             status = await _generation_status(session, job.generation_id)
             if status is None or status.is_terminal:
                 return False
@@ -384,7 +391,7 @@ class JobStore:
         return await self._finish(job, FAILED, error=error)
 
     async def cancel(self, job: Job) -> None:
-        async with self.sessions() as session, session.begin():
+        async with self._transaction() as session:
             await self._set(session, job, status=CANCELLED, lease_owner=None, lease_until=None)
         log.info("Job cancelled")
 
@@ -396,7 +403,7 @@ class JobStore:
         result: RenderResult | None = None,
         error: ErrorInfo | None = None,
     ) -> bool:
-        async with self.sessions() as session, session.begin():
+        async with self._transaction() as session:
             generation = await _generation_status(session, job.generation_id)
             done = dict(lease_owner=None, lease_until=None, next_poll_at=None)
             if generation is None or generation.is_terminal:  # cancelled meanwhile
@@ -438,6 +445,12 @@ class JobStore:
         )
         if not result.rowcount:  # type: ignore[attr-defined]
             raise LeaseLost(str(job.generation_id))
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncSession]:
+        """A short transaction for one job's step, at most `step_slots` at once."""
+        async with self._slots, self.sessions() as session, session.begin():
+            yield session
 
     def _claim_args(self, limit: int) -> dict[str, Any]:
         return {

@@ -69,7 +69,8 @@ class JobContext:
 
 class Reporter:
     """Progress reports, at most one per `step` percent within a stage; each report also
-    checks that the generation is still live (`JobCancelled` if not)."""
+    checks that the generation is still live (`JobCancelled` if not). A report the database
+    refuses is skipped (logged), not fatal: the next one carries the news."""
 
     def __init__(self, ctx: JobContext, *, step: float = 20.0) -> None:
         self.ctx = ctx
@@ -86,9 +87,16 @@ class Reporter:
         self.ctx.check()
         if not self.due(progress):
             return
-        self.last = progress
-        if not await self.ctx.store.progress(self.ctx.job, progress, **columns):
+        try:
+            live = await self.ctx.store.progress(self.ctx.job, progress, **columns)
+        except LeaseLost:
+            raise
+        except Exception as exc:  # progress is advisory: a lost report must not fail the job
+            log.warning("Progress report failed", stage=progress.stage, error=str(exc)[:300])
+            return
+        if not live:
             raise JobCancelled(str(self.ctx.job.generation_id))
+        self.last = progress
         log.info("Render progress", stage=progress.stage, percent=progress.percent)
 
 
