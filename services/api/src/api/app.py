@@ -17,7 +17,7 @@ from starlette.middleware import Middleware
 from api import problems
 from api.metrics import install_runtime_metrics
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from api.openapi_limits import document_rate_limits
+from api.openapi_doc import complete_openapi
 from api.ratelimit import RateLimiter
 from api.realtime import Realtime
 from api.routes import (
@@ -80,7 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.rate_limiter = RateLimiter.from_settings(settings)  # per API key (api.ratelimit)
     problems.install(app)
-    document_rate_limits(app)
+    complete_openapi(app)  # problem types, 422 and 429 on every operation
     for module in (generations, admin, seed, media, ops):
         app.include_router(module.router)
     app.include_router(webhooks.router)
