@@ -55,7 +55,8 @@ class Run:
         folder.mkdir(parents=True, exist_ok=True)
         slot = self.results.setdefault("phase_profiles", {}).setdefault(name, {})
         slot["seconds"] = max(1, int(seconds))
-        return profile.sampling(pid, slot["seconds"], folder / f"{name}.gil.txt")
+        slug = name.replace(" ", "_")
+        return profile.sampling(pid, slot["seconds"], folder / f"{slug}.gil.txt")
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started

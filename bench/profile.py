@@ -78,7 +78,7 @@ def _frames(stack: str) -> list[tuple[str, str]]:
     return out
 
 
-def analyse(path: Path, top: int = 12) -> dict[str, Any]:
+def analyse(path: Path, top: int = 20) -> dict[str, Any]:
     """Self time by function, and inclusive time by library and by our own module."""
     samples = 0
     leaf: Counter[str] = Counter()
