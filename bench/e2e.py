@@ -61,6 +61,9 @@ class Pipeline:
     # The latest completed generation of each key: what that user may read.
     completed_by_key: dict[str, str] = field(default_factory=dict)
     _next_key: Any = None
+    # Wall-clock times (epoch seconds) of each POST and completed webhook, for `timeline`.
+    posted_at: dict[str, float] = field(default_factory=dict)
+    arrived_at: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.receiver.on_request = self.on_webhook
@@ -94,6 +97,8 @@ class Pipeline:
         if event not in ("generation.completed", "generation.failed"):
             return
         generation = str(data.get("generationId"))
+        if event == "generation.completed":
+            self.arrived_at[generation] = time.time()
         future = self._waiting.pop(generation, None)
         if future is None:
             self._early[generation] = (event, at)
@@ -106,13 +111,14 @@ class Pipeline:
     async def create(self, key: str) -> tuple[str, float]:
         """POST one generation as `key`'s user: (its id, when the request started)."""
         assert self._http is not None
-        started = time.monotonic()
+        started, wall = time.monotonic(), time.time()
         url = f"{next(self._next_api)}/v1/generations"
         headers = {"Authorization": f"Bearer {key}"}
         async with self._http.post(url, json=BODY, headers=headers) as r:
             if r.status != 201:
                 raise RuntimeError(f"POST /v1/generations: {r.status} {(await r.text())[:200]}")
             body = await r.json()
+        self.posted_at[str(body["id"])] = wall
         return str(body["id"]), started
 
     async def one(self) -> float:

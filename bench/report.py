@@ -70,6 +70,18 @@ def profile_section(profile: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def timeline_section(steps: list[dict[str, Any]]) -> str:
+    lines = [
+        "| step (from the services' logs) | median since POST | median since the step before |",
+        "| --- | --- | --- |",
+    ]
+    lines += [
+        f"| `{s['step']}` | {s['median_offset_ms']:,.0f} ms | {s['median_gap_ms']:,.0f} ms |"
+        for s in steps
+    ]
+    return "\n".join(lines)
+
+
 def phase_profiles_section(profiles: dict[str, Any]) -> str:
     """The hot process of the other phases (GIL samples), one line each."""
     out = []

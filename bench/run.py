@@ -160,6 +160,14 @@ def write_readme(summary: dict[str, Any], rows: list[Row], results: dict[str, An
             *[f"- two replicas, {line}" for line in bottlenecks(scaling.get("two_replicas", []))],
             "",
         ]
+    steps = results.get("e2e", {}).get("timeline_half_rate")
+    if steps:
+        parts += [
+            "### Where a generation's time goes (half rate, medians)",
+            "",
+            report.timeline_section(steps),
+            "",
+        ]
     parts += [
         "### Profile of the end-to-end run",
         "",

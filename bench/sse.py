@@ -71,10 +71,13 @@ async def fan_out(
             client.stdin.write(b"GO\n")
             await client.stdin.drain()
         arrivals: list[float | None] = []
+        closed = 0
         for client in clients:
             assert client.stdout is not None
             line = await asyncio.wait_for(client.stdout.readline(), 60)
-            arrivals += json.loads(line)["arrivals"]
+            answer = json.loads(line)
+            arrivals += answer["arrivals"]
+            closed += answer.get("closed_without_event", 0)
         fan_out_cpu = meter.stop()["server"]
     finally:
         for client in clients:
@@ -95,5 +98,6 @@ async def fan_out(
         "server_cpu_s_fanning_out": round(fan_out_cpu, 3),
         "received": len(latencies),
         "missed": len(arrivals) - len(latencies),
+        "missed_closed_by_server": closed,
         "fan_out": summary_ms(latencies),
     }

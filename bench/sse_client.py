@@ -129,11 +129,12 @@ async def run(args: argparse.Namespace) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(arrivals.all.wait(), args.wait)
     times = [s.arrived for s in streams]
+    closed = sum(1 for s in streams if s.arrived is None and s.lost)
     for stream in streams:
         if stream.transport is not None:
             with contextlib.suppress(Exception):
                 stream.transport.close()
-    print(json.dumps({"arrivals": times}), flush=True)
+    print(json.dumps({"arrivals": times, "closed_without_event": closed}), flush=True)
 
 
 def main() -> None:

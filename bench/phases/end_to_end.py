@@ -10,6 +10,7 @@ from bench.common import Row, write_json
 from bench.context import Run, python_json, say
 from bench.e2e import half_rate, measure_point, settle
 from bench.stack import SERVICES
+from bench.timeline import breakdown
 
 # -- 1. the baseline chain and the pipeline end to end ---------------------------------------
 
@@ -98,8 +99,11 @@ async def end_to_end(run: Run) -> None:
         await settle(run.stack.rabbit.url)
     assert best is not None
     rate = best["rate_per_s"]
+    before = set(pipeline.posted_at)
     half = await half_rate(pipeline, max(0.5, rate / 2), duration=2 * run.window)
     await settle(run.stack.rabbit.url)
+    posted = {g: t for g, t in pipeline.posted_at.items() if g not in before}
+    steps = await asyncio.to_thread(breakdown, run.stack.logs, posted, pipeline.arrived_at)
     run.results["e2e"] = {
         "provider": "veo (fake, done at the first poll; 1280x720 4 s MP4)",
         "webhooks_per_generation": dict(pipeline.webhooks),
@@ -107,6 +111,7 @@ async def end_to_end(run: Run) -> None:
         "predicted_by_littles_law": predicted,
         "best": best,
         "half_rate": half.as_dict(),
+        "timeline_half_rate": steps,
     }
     write_json("e2e", run.results["e2e"])
     say(f"e2e half rate {half.rate:.1f}/s: {half.as_dict()['latency']}")
