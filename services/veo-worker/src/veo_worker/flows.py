@@ -148,8 +148,9 @@ class VeoFlow:
         ctx.critical = True
         try:
             try:
-                async with self.requests:
-                    name = await self.client.submit(job.spec)
+                # No semaphore: the scheduler claims no more queued jobs than it may submit at
+                # once (`Scheduler.max_submitting`), so a `submitting` job is on the wire now.
+                name = await self.client.submit(job.spec)
             except TransientError as exc:
                 errors = job.transient_errors + 1
                 if errors > settings.veo_max_retries:
@@ -188,6 +189,7 @@ class VeoFlow:
             return True
         finally:
             ctx.critical = False
+            ctx.wake_scheduler()  # its submission slot is free
 
     async def _record(self, ctx: JobContext, name: str) -> None:
         job, settings = ctx.job, self.settings

@@ -26,7 +26,7 @@ from veo_worker.handlers import RenderCommands
 from veo_worker.jobs import RUNNING, SUBMITTING, JobStore
 from veo_worker.observe import ProviderMetrics
 from veo_worker.providers import build_provider
-from veo_worker.providers.veo import VeoProvider
+from veo_worker.providers.veo import VeoProvider, submit_slots
 from veo_worker.scheduler import Scheduler
 from veo_worker.steps import Finisher
 
@@ -127,9 +127,11 @@ def build(settings: Settings) -> WorkerService:
             settings.veo_submissions_per_minute,
             SUBMITTING,
         )
+        max_submitting: int | None = submit_slots(settings)
     else:
         flow = LocalFlow(provider, finisher, store, metrics)
         capacity, per_minute, claim_status = settings.worker_concurrency, None, RUNNING
+        max_submitting = None
     renders = Counter(
         "reelflow_worker_renders",
         "Render jobs ended (or handed on), by outcome",
@@ -148,6 +150,7 @@ def build(settings: Settings) -> WorkerService:
         capacity=capacity,
         per_minute=per_minute,
         claim_status=claim_status,
+        max_submitting=max_submitting,
         lease_seconds=settings.worker_lease_seconds,
         metric=renders,
     )

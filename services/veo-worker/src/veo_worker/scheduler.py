@@ -5,9 +5,10 @@ keeps their leases alive.
   leases) first, then queued ones — for Veo only as many as the global submissions window
   allows — up to this process's capacity (`VEO_MAX_IN_FLIGHT`, or `WORKER_CONCURRENCY` for
   local renders). No thread and no broker delivery is held per job.
-- Heartbeat (every third of the lease, at most 2 s): one statement renews every lease held
-  here and reads the generations' statuses: an ended generation stops its job (Veo has no
-  cancel: we stop waiting and mark the job cancelled), a lost lease drops it silently.
+- Heartbeat (every 2 s, or a third of the lease if shorter): one statement reads the
+  generations' statuses of every job held here, and every third of the lease it also renews
+  their leases: an ended generation stops its job (Veo has no cancel: we stop waiting and mark
+  the job cancelled), a lost lease drops it silently.
 - Stop: flows stop at their next safe point; a submission on the wire is let finish and
   recorded; every job still held is handed back (lease cleared) for another process.
 """
@@ -51,6 +52,7 @@ class Scheduler:
         capacity: int,
         per_minute: int | None,
         claim_status: str,
+        max_submitting: int | None = None,
         lease_seconds: float,
         metric: PromCounter | None = None,
     ) -> None:
@@ -59,7 +61,11 @@ class Scheduler:
         self.capacity = capacity
         self.per_minute = per_minute
         self.claim_status = claim_status
-        self.heartbeat_every = min(lease_seconds / 3, 2.0)
+        # Veo: a queued job is claimed (and marked `submitting`) only when its submission can
+        # go out at once, so the crash window stays one HTTP call wide.
+        self.max_submitting = max_submitting
+        self.renew_every = lease_seconds / 3
+        self.heartbeat_every = min(self.renew_every, 2.0)
         self.held: dict[uuid.UUID, Held] = {}
         self.outcomes: Counter[str] = Counter()
         self._metric = metric
@@ -134,15 +140,19 @@ class Scheduler:
         if room <= 0 or self._stopping.is_set():
             return 0
         jobs = await self.store.claim_started(room)
+        fresh = room - len(jobs)
+        if self.max_submitting is not None:
+            submitting = sum(1 for h in self.held.values() if h.ctx.job.status == self.claim_status)
+            fresh = min(fresh, self.max_submitting - submitting)
         jobs += await self.store.claim_queued(
-            room - len(jobs), per_minute=self.per_minute, status=self.claim_status
+            fresh, per_minute=self.per_minute, status=self.claim_status
         )
         for job in jobs:
             self._spawn(job)
         return len(jobs)
 
     def _spawn(self, job: Job) -> None:
-        ctx = JobContext(job, self.store, self._stopping)
+        ctx = JobContext(job, self.store, self._stopping, self.wake)
         task = asyncio.create_task(self._run(ctx), name=f"job-{job.generation_id}")
         self.held[job.generation_id] = Held(ctx, task)
 
@@ -193,14 +203,19 @@ class Scheduler:
     # -- leases and cancellation -------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        renewed = loop.time()
         while True:
             await asyncio.sleep(self.heartbeat_every)
             ids = list(self.held)
+            renew = loop.time() - renewed >= self.renew_every - self.heartbeat_every / 2
             try:
-                statuses = await self.store.heartbeat(ids)
+                statuses = await self.store.heartbeat(ids, renew=renew)
             except Exception as exc:
                 log.warning("Heartbeat failed", error=str(exc)[:300])
                 continue
+            if renew:
+                renewed = loop.time()
             for generation_id in ids:
                 entry = self.held.get(generation_id)
                 if entry is None:

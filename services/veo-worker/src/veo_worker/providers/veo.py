@@ -31,6 +31,11 @@ MAX_REDIRECTS = 5
 CHUNK = 256 * 1024
 
 
+def submit_slots(settings: Settings) -> int:
+    """Submissions one process has on the wire at once (a quarter of the request budget)."""
+    return max(1, settings.veo_max_concurrent_requests // 4)
+
+
 class SubmitOutcomeUnknown(Exception):
     """The submission was sent but no answer came back: Veo may have accepted it."""
 
@@ -42,7 +47,9 @@ class VeoClient:
         self.base_url = settings.google_gemini_base_url.rstrip("/")
         self._origin = _origin(self.base_url)
         self._key = settings.gemini_api_key.get_secret_value()
-        size = settings.veo_max_concurrent_requests
+        # Polls and downloads share VEO_MAX_CONCURRENT_REQUESTS; submissions have their own
+        # connections, so one is never queued behind polls while its job is `submitting`.
+        size = settings.veo_max_concurrent_requests + submit_slots(settings)
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(30.0, connect=10.0),
             # Idle connections are dropped before a server would drop them: a request sent on
