@@ -75,6 +75,11 @@ class Row:
         if self.ratio is None and self.value is not None and self.baseline_value:
             self.ratio = round(self.value / self.baseline_value, 3)
 
+    def rebase(self, label: str, value: float | None) -> None:
+        """Another measurement of the baseline replaces the first: label, value and ratio."""
+        self.baseline, self.baseline_value, self.ratio = label, value, None
+        self.__post_init__()
+
 
 def write_json(name: str, data: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)

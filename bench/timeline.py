@@ -65,9 +65,12 @@ def breakdown(
     offsets: dict[str, list[float]] = defaultdict(list)
     gaps: dict[str, list[float]] = defaultdict(list)
     for generation, start in posted.items():
-        timeline = sorted(steps.get(generation, {}).items(), key=lambda kv: kv[1])
+        timeline = list(steps.get(generation, {}).items())
         if generation in arrived:
-            timeline.append(("webhook generation.completed arrives", arrived[generation]))
+            timeline.append(
+                ("(receiver) generation.completed webhook arrives", arrived[generation])
+            )
+        timeline.sort(key=lambda kv: kv[1])
         previous = start
         for step, at in timeline:
             offsets[step].append(1000 * (at - start))

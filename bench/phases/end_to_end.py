@@ -47,14 +47,36 @@ async def chain_again(run: Run) -> None:
     run.results.setdefault("chain", {})["bare_at_end"] = again
     write_json("chain", run.results["chain"])
     first = run.results["chain"].get("bare", {}).get("closed_loop", {}).get("rate_per_s")
+    if first is None or again["closed_loop"]["rate_per_s"] > first:
+        rebase(run, again)
     run.notes.append(
         f"The bare chain measured again at the end of the run: "
         f"{again['closed_loop']['rate_per_s']} chains/s (p50 at half rate "
         f"{again['open_loop_half_rate']['latency']['p50_ms']} ms), against {first} chains/s at "
-        "the start: the machine's drift during the run."
+        "the start: the machine's drift during the run. The end-to-end rows compare with the "
+        "better of the two."
     )
 
 
+def rebase(run: Run, chain_run: dict[str, Any]) -> None:
+    """Compare the pipeline with the better of the chain's two runs (the machine had more to
+    give then): the stricter ratio."""
+    values = {
+        CHAIN_RATE: chain_run["closed_loop"]["rate_per_s"],
+        CHAIN_P50: chain_run["open_loop_half_rate"]["latency"]["p50_ms"],
+        CHAIN_P99: chain_run["open_loop_half_rate"]["latency"]["p99_ms"],
+    }
+    for row in run.rows:
+        key = row.baseline
+        if key in values:
+            row.rebase(f"{key}, the better of its two runs", values[key])
+            if key == CHAIN_RATE and row.ratio is not None:
+                row.met = row.ratio >= 0.35
+
+
+CHAIN_RATE = "bare FastStream 6-hop chain"
+CHAIN_P50 = "chain p50 at its half rate"
+CHAIN_P99 = "chain p99 at its half rate"
 SWEEP = (10, 30, 100, 300, 1000)
 
 
@@ -127,7 +149,7 @@ async def end_to_end(run: Run) -> None:
             f"generations/s (best of closed-loop sweep, at {best['concurrency']} in flight)",
             rate,
             "/s",
-            "bare FastStream 6-hop chain",
+            CHAIN_RATE,
             chain_rate,
             "≥ 0.35× chain",
             None if ratio is None else ratio >= 0.35,
@@ -137,7 +159,7 @@ async def end_to_end(run: Run) -> None:
             f"p50 POST → completed webhook at half rate ({half.rate:.1f}/s)",
             lat["p50_ms"],
             "ms",
-            "chain p50 at its half rate",
+            CHAIN_P50,
             chain_lat.get("p50_ms"),
             "≤ 50 ms",
             None if lat["p50_ms"] is None else lat["p50_ms"] <= 50,
@@ -147,7 +169,7 @@ async def end_to_end(run: Run) -> None:
             "p99 POST → completed webhook at half rate",
             lat["p99_ms"],
             "ms",
-            "chain p99 at its half rate",
+            CHAIN_P99,
             chain_lat.get("p99_ms"),
             "≤ 250 ms",
             None if lat["p99_ms"] is None else lat["p99_ms"] <= 250,
