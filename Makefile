@@ -24,7 +24,7 @@ test: prepare
 
 lint:
 	@uv="$(UV)"; "$$uv" run --frozen ruff check . && "$$uv" run --frozen ruff format --check . \
-	  && "$$uv" run --frozen mypy shared/src services/*/src src
+	  && for member in shared/src services/*/src src; do "$$uv" run --frozen mypy "$$member" || exit 1; done
 
 definitions:
 	@uv="$(UV)"; "$$uv" run --frozen python -m shared.topology > deploy/rabbitmq/definitions.json

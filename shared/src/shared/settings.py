@@ -325,7 +325,7 @@ class Settings(BaseSettings):
 
 _ENV_NAMES = {
     name: (
-        field.validation_alias.choices[0]  # type: ignore[union-attr]
+        field.validation_alias.choices[0]
         if isinstance(field.validation_alias, AliasChoices)
         else field.validation_alias
     )

@@ -106,7 +106,7 @@ def analyse(
     spec = RenderSpec(
         model=model,
         prompt=f"{prompt.rstrip()}. {detail}" if detail else prompt,
-        aspect_ratio=params.aspect_ratio or answers["aspect_ratio"],  # type: ignore[arg-type]
+        aspect_ratio=params.aspect_ratio or answers["aspect_ratio"],
         resolution=params.resolution or "720p",
         duration_seconds=params.duration_seconds or int(answers["duration_seconds"]),
         negative_prompt=params.negative_prompt,

@@ -8,7 +8,7 @@ Create Date: ${create_date}
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel  # noqa: F401  (autogenerate may emit sqlmodel types; prefer sa.String)
 from alembic import op
 ${imports if imports else ""}
 

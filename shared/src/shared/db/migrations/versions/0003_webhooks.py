@@ -7,7 +7,6 @@ Revises: 0001
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel
 from alembic import op
 
 revision: str = "0003_webhooks"
@@ -19,7 +18,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.add_column(
         "webhook_endpoints",
-        sa.Column("previous_secret", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
+        sa.Column("previous_secret", sa.String(length=200), nullable=True),
     )
     op.add_column(
         "webhook_endpoints",
