@@ -69,7 +69,12 @@ async def check(
     if not limits.max_concurrent and not limits.seconds_per_day:
         return
     now = now or utcnow()
-    await session.execute(text("SELECT 1 FROM users WHERE id = :u FOR UPDATE"), {"u": user_id})
+    # One quota check per user at a time. NO KEY UPDATE, not UPDATE: the confirming transaction
+    # may already hold a KEY SHARE on this row (the foreign-key check of its own second write
+    # to the generation), and two of them upgrading to FOR UPDATE would deadlock.
+    await session.execute(
+        text("SELECT 1 FROM users WHERE id = :u FOR NO KEY UPDATE"), {"u": user_id}
+    )
     if limits.max_concurrent:
         running = int(await session.scalar(_CONCURRENT, {"u": user_id}) or 0) + extra_generations
         if running > limits.max_concurrent:
