@@ -173,11 +173,14 @@ class JobStore:
         owner: str,
         lease_seconds: float,
         step_slots: int = 8,
+        record_slots: int = 8,
     ) -> None:
         self.sessions = sessions
         # Thousands of held jobs may write at once; they queue here, not in the connection
         # pool (whose checkout times out), leaving connections for claims and the heartbeat.
         self._slots = asyncio.Semaphore(step_slots)
+        # A submitted operation's name never queues behind progress reports.
+        self._records = asyncio.Semaphore(record_slots)
         self.relay = relay
         self.provider = provider
         self.owner = owner
@@ -351,7 +354,7 @@ class JobStore:
     ) -> tuple[datetime, datetime]:
         """The operation name, stored with `running` and the `submitted` report in one commit,
         before any waiting. Its submission and deadline times."""
-        async with self._transaction() as session:
+        async with self._records, self.sessions() as session, session.begin():
             submitted, deadline = (
                 await session.execute(
                     text(

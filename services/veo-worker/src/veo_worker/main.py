@@ -99,14 +99,17 @@ class WorkerService(ConsumerService):
 
 def build(settings: Settings) -> WorkerService:
     provider = build_provider(settings)
-    runtime = ServiceRuntime.build("worker", settings, pool_size=10 + settings.worker_concurrency)
+    runtime = ServiceRuntime.build("worker", settings, pool_size=16 + settings.worker_concurrency)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    # Connections: 8 job-step transactions and up to `submit_slots` operation names at once,
+    # the consumer, claims, heartbeat and outbox relay (pool_size more as overflow).
     store = JobStore(
         runtime.sessions,
         runtime.relay,
         provider.name,
         owner=owner,
         lease_seconds=settings.worker_lease_seconds,
+        record_slots=submit_slots(settings),
     )
     storage = StorageHolder(runtime)
     finisher = Finisher(storage.get, cpu_slots=settings.worker_concurrency)
