@@ -41,7 +41,7 @@ class Run:
     @property
     def turnover_limit(self) -> float:
         """Seconds one closed-loop point may take to turn its in-flight work over once."""
-        return 12.0 if self.args.quick else 35.0
+        return 12.0 if self.args.quick else 30.0
 
     @property
     def window(self) -> float:

@@ -47,7 +47,7 @@ async def streams(run: Run) -> None:
                 raise RuntimeError(f"cancel: {response.status} {await response.text()}")
 
     n = 2000 if run.args.quick else 10_000
-    open_seconds = 30.0 if run.args.quick else 75.0
+    open_seconds = 30.0 if run.args.quick else 60.0
     pid = run.stack.pids()["api"]
     async with run.profiled("api opening streams", pid, min(20.0, open_seconds / 2)) as prof:
         ours = await fan_out(

@@ -44,11 +44,22 @@ async def veo_wait(mode: str, rows: list[Row], unmeasured: list[str]) -> None:
     age = (time.time() - out.stat().st_mtime) / 60
     source = f"veo_wait.json, {age:.0f} min old" if age > 15 else None
     held = data.get("max_pending_at_once")
-    rss = data.get("rss_while_waiting_mb") or data.get("peak_rss_mb")
+    waiting_rss = data.get("rss_while_waiting_mb")
+    rss = waiting_rss or data.get("peak_rss_mb")
+    rss_label = (
+        "worker RSS while waiting"
+        if waiting_rss
+        else "worker peak RSS (that run had no moment of waiting only: it includes downloads)"
+    )
     idle = data.get("idle_rss_mb")
     waiting_s = (data.get("first_done_after_s") or 0) - (data.get("all_submitted_after_s") or 0)
     cpu = data.get("cpu_waiting_s")
     per_op_min = (cpu / (held * waiting_s / 60)) * 1000 if cpu and held and waiting_s > 0 else None
+    if per_op_min is None:
+        unmeasured.append(
+            "waiting on Veo, CPU per operation-minute: the veo_wait.json at hand has no "
+            "window where every operation was submitted and none done yet"
+        )
     extrapolated = None
     if rss and idle and held:
         extrapolated = idle + (rss - idle) * 5000 / held
@@ -65,7 +76,7 @@ async def veo_wait(mode: str, rows: list[Row], unmeasured: list[str]) -> None:
         ),
         Row(
             "4 waiting on Veo",
-            "worker RSS while waiting",
+            rss_label,
             rss,
             "MB",
             "the idle worker",
