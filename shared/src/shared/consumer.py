@@ -94,11 +94,25 @@ async def read_or_reject(message: RabbitMessage, message_type: type[M], consumer
         parsed = parse_message(raw.type, raw.body)
         if not isinstance(parsed, message_type):
             raise UnknownMessage(f"{consumer} does not handle {raw.type!r}")
+        if not arrived_as_published(raw.exchange, raw.routing_key, parsed):
+            raise UnknownMessage(
+                f"{raw.type!r} arrived with routing key {raw.routing_key!r}, "
+                f"not {parsed.routing_key!r} as it is published"
+            )
     except (UnknownMessage, ValidationError, ValueError) as exc:
         log.error("Unreadable message dead-lettered", type=raw.type, reason=str(exc)[:500])
         await message.reject()
         return None
     return parsed
+
+
+def arrived_as_published(exchange: str | None, routing_key: str | None, message: Message) -> bool:
+    """Bus input is checked like HTTP input: a message must come with the routing key its type
+    is published under. Each service's RabbitMQ user may publish only its own keys, but any
+    service may bind queues (they all declare the topology), so a body under another key (say,
+    a lifecycle event under the worker's `render.*`) was routed by a binding nobody should have
+    made. The default exchange (`reelflow dlq replay`, operators only) routes by queue name."""
+    return not exchange or routing_key == message.routing_key
 
 
 Handler = Callable[[RabbitMessage], Awaitable[None]]
