@@ -36,8 +36,8 @@ def bearer(key: str) -> dict[str, str]:
 
 async def keys_in_db(sessions: Sessions, user_id: str) -> list[ApiKey]:
     async with sessions() as s:
-        query = select(ApiKey).where(ApiKey.user_id == uuid.UUID(user_id))  # type: ignore[arg-type]
-        return list((await s.scalars(query.order_by(ApiKey.created_at))).all())  # type: ignore[arg-type]
+        query = select(ApiKey).where(ApiKey.user_id == uuid.UUID(user_id))
+        return list((await s.scalars(query.order_by(ApiKey.created_at))).all())
 
 
 async def test_a_key_is_shown_once_and_only_its_sha256_is_kept(
@@ -122,7 +122,7 @@ async def test_the_last_use_is_written_at_most_once_a_minute(
 
     earlier = utcnow() - timedelta(seconds=61)
     async with sessions() as s, s.begin():
-        await s.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=earlier))  # type: ignore[arg-type]
+        await s.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=earlier))
     await asyncio.gather(
         *(client.get("/v1/generations", headers=alice["headers"]) for _ in range(10))
     )

@@ -25,11 +25,8 @@ from shared.telemetry import setup_telemetry, shutdown_telemetry
 
 from tests.support import ADMIN_KEY
 
-from . import test_security_matrix as matrix
-from .test_security_matrix import World, callers
-
-world = matrix.world  # alice's objects and every caller (a fixture)
-
+from .test_security_matrix import World, callers, world  # noqa: F401  (world: a fixture)
+from .test_security_matrix import test_the_matrix as run_matrix
 
 NOISY = ("aiormq", "aio_pika", "httpx", "httpcore", "sqlalchemy.engine")
 
@@ -65,13 +62,13 @@ def captured(prepared: Settings) -> Iterator[tuple[io.StringIO, InMemorySpanExpo
 
 async def test_no_secret_in_logs_or_spans(
     client: httpx.AsyncClient,
-    world: World,
+    world: World,  # noqa: F811
     captured: tuple[io.StringIO, InMemorySpanExporter],
     prepared: Settings,
 ) -> None:
     w = world
     lines, spans = captured
-    await matrix.test_the_matrix(client, w)
+    await run_matrix(client, w)
 
     alice = w.alice["headers"]
     handed_out: dict[str, str] = {}
