@@ -31,7 +31,7 @@ from shared.settings import Settings
 from shared.telemetry import tracer
 
 from veo_worker import backoff
-from veo_worker.jobs import RUNNING, SUBMITTING, JobStore, LeaseLost
+from veo_worker.jobs import QUEUED, RUNNING, SUBMITTING, JobStore, LeaseLost
 from veo_worker.observe import ProviderMetrics
 from veo_worker.providers.base import (
     Interrupted,
@@ -116,22 +116,24 @@ class VeoFlow:
         finisher: Finisher,
         *,
         requests: asyncio.Semaphore,
+        submits: asyncio.Semaphore,
         downloads: asyncio.Semaphore,
     ) -> None:
         self.settings = settings
         self.store = store
         self.client = client
         self.finisher = finisher
-        self.requests = requests  # HTTP calls to Veo in flight, all jobs together
+        self.requests = requests  # polls and downloads in flight, all jobs together
+        self.submits = submits  # submissions on the wire (each job `submitting` meanwhile)
         self.downloads = downloads  # videos being fetched and stored at once (disk, bandwidth)
 
     async def run(self, ctx: JobContext) -> str:
         job = ctx.job
-        if job.status == SUBMITTING and job.operation_name is None:
-            if job.resumed:
-                raise ProviderError("internal", CRASH_WINDOW)
+        if job.status == QUEUED:  # claimed: never sent
             if not await self._submit(ctx):
                 return "requeued"
+        elif job.status == SUBMITTING and job.operation_name is None:
+            raise ProviderError("internal", CRASH_WINDOW)  # maybe sent: never send again
         elif job.operation_name is None:
             raise ProviderError("internal", f"job is {job.status} without an operation name")
         if (error := _interrupted_too_often(ctx)) is not None:
@@ -144,52 +146,57 @@ class VeoFlow:
 
     async def _submit(self, ctx: JobContext) -> bool:
         """Submit once. True with the operation recorded; False when requeued for a retry."""
-        job, settings = ctx.job, self.settings
-        ctx.critical = True
-        try:
+        job = ctx.job
+        async with self.submits:
+            ctx.check()  # cancelled or stopping while it waited for a slot: still unsent
+            # The marker, committed before the request: from here on the job may have reached
+            # Veo, and a process that takes it over will not send it again.
+            await self.store.mark_submitting(job)
+            job.status = SUBMITTING
+            ctx.critical = True
             try:
-                # No semaphore: the scheduler claims no more queued jobs than it may submit at
-                # once (`Scheduler.max_submitting`), so a `submitting` job is on the wire now.
-                name = await self.client.submit(job.spec)
-            except TransientError as exc:
-                errors = job.transient_errors + 1
-                if errors > settings.veo_max_retries:
-                    # A 429 that outlasts every retry is the project's quota, not an outage.
-                    code: ErrorCode = (
-                        "quota_exceeded" if exc.rate_limited else "provider_unavailable"
-                    )
-                    raise ProviderError(
-                        code, f"Veo refused the submission {errors} times; last: {exc}"
-                    ) from exc
-                delay = backoff.retry_delay(
-                    errors,
-                    settings.veo_poll_interval_seconds,
-                    settings.veo_poll_max_interval_seconds,
-                    exc.retry_after,
-                )
-                if exc.rate_limited:
-                    await self.store.pause_submissions(exc.retry_after or delay)
-                await self.store.requeue(job, after_seconds=delay, transient_errors=errors)
-                log.warning(
-                    "Submission retried later",
-                    error=str(exc)[:300],
-                    retry=errors,
-                    after_seconds=round(delay, 2),
-                )
-                return False
-            except SubmitOutcomeUnknown as exc:
+                return await self._send(ctx)
+            finally:
+                ctx.critical = False
+
+    async def _send(self, ctx: JobContext) -> bool:
+        job, settings = ctx.job, self.settings
+        try:
+            name = await self.client.submit(job.spec)
+        except TransientError as exc:
+            errors = job.transient_errors + 1
+            if errors > settings.veo_max_retries:
+                # A 429 that outlasts every retry is the project's quota, not an outage.
+                code: ErrorCode = "quota_exceeded" if exc.rate_limited else "provider_unavailable"
                 raise ProviderError(
-                    "provider_unavailable",
-                    f"Veo did not answer the submission ({exc}); it was not submitted again, "
-                    "because Veo may have accepted it and would charge twice",
+                    code, f"Veo refused the submission {errors} times; last: {exc}"
                 ) from exc
-            # Logged first: should the database refuse the name, an operator still has it.
-            log.info("Operation submitted", operation=name, model=job.spec.model)
-            await self._record(ctx, name)
-            return True
-        finally:
-            ctx.critical = False
-            ctx.wake_scheduler()  # its submission slot is free
+            delay = backoff.retry_delay(
+                errors,
+                settings.veo_poll_interval_seconds,
+                settings.veo_poll_max_interval_seconds,
+                exc.retry_after,
+            )
+            if exc.rate_limited:
+                await self.store.pause_submissions(exc.retry_after or delay)
+            await self.store.requeue(job, after_seconds=delay, transient_errors=errors)
+            log.warning(
+                "Submission retried later",
+                error=str(exc)[:300],
+                retry=errors,
+                after_seconds=round(delay, 2),
+            )
+            return False
+        except SubmitOutcomeUnknown as exc:
+            raise ProviderError(
+                "provider_unavailable",
+                f"Veo did not answer the submission ({exc}); it was not submitted again, "
+                "because Veo may have accepted it and would charge twice",
+            ) from exc
+        # Logged first: should the database refuse the name, an operator still has it.
+        log.info("Operation submitted", operation=name, model=job.spec.model)
+        await self._record(ctx, name)
+        return True
 
     async def _record(self, ctx: JobContext, name: str) -> None:
         job, settings = ctx.job, self.settings

@@ -107,8 +107,8 @@ _CLAIM_STARTED = text(
     """
 )
 
-# Queued jobs, oldest first. For Veo the claim itself is the `submitting` marker: it commits
-# before the HTTP submit is sent. A retry after a transient error is not a new attempt.
+# Queued jobs, oldest first (a local render starts `running`; a Veo job stays `queued` until
+# its flow marks it `submitting`). A retry after a transient error is not a new attempt.
 _CLAIM_QUEUED = text(
     f"""
     UPDATE render_jobs j SET lease_owner = :me,
@@ -255,6 +255,14 @@ class JobStore:
             rows = await session.execute(_CLAIM_STARTED, self._claim_args(limit))
             return [_job(row, resumed=True) for row in rows]
 
+    async def drop_ended(self) -> int:
+        """Cancel queued jobs whose generation ended while they waited (never submitted)."""
+        async with self.sessions() as session, session.begin():
+            rows = await session.execute(
+                _DROP_ENDED, {"provider": self.provider, "ended": list(TERMINAL_GENERATION)}
+            )
+            return len(rows.all())
+
     async def claim_queued(self, limit: int, *, per_minute: int | None, status: str) -> list[Job]:
         """Queued jobs, set to `status`; with `per_minute`, only as many as the global window
         of submissions allows (taken under the window row's lock, shared by all processes)."""
@@ -262,7 +270,6 @@ class JobStore:
             return []
         async with self.sessions() as session, session.begin():
             args = {"provider": self.provider}
-            await session.execute(_DROP_ENDED, {**args, "ended": list(TERMINAL_GENERATION)})
             if not await session.scalar(_ANY_QUEUED, args):
                 return []
             stamps: list[datetime] = []
@@ -348,6 +355,11 @@ class JobStore:
             )
             if not result.rowcount:  # type: ignore[attr-defined]
                 raise LeaseLost(str(job.generation_id))
+
+    async def mark_submitting(self, job: Job) -> None:
+        """The crash-window marker, committed just before the submission is sent."""
+        async with self._records, self.sessions() as session, session.begin():
+            await self._set(session, job, status=SUBMITTING)
 
     async def record_operation(
         self, job: Job, name: str, *, deadline_seconds: float, first_poll_seconds: float

@@ -23,7 +23,7 @@ from shared.topology import WORKER_RENDER
 
 from veo_worker.flows import Flow, LocalFlow, VeoFlow
 from veo_worker.handlers import RenderCommands
-from veo_worker.jobs import RUNNING, SUBMITTING, JobStore
+from veo_worker.jobs import QUEUED, RUNNING, JobStore
 from veo_worker.observe import ProviderMetrics
 from veo_worker.providers import build_provider
 from veo_worker.providers.veo import VeoProvider, submit_slots
@@ -123,18 +123,17 @@ def build(settings: Settings) -> WorkerService:
             provider.client,
             finisher,
             requests=asyncio.Semaphore(settings.veo_max_concurrent_requests),
+            submits=asyncio.Semaphore(submit_slots(settings)),
             downloads=asyncio.Semaphore(4 * settings.worker_concurrency),
         )
         capacity, per_minute, claim_status = (
             settings.veo_max_in_flight,
             settings.veo_submissions_per_minute,
-            SUBMITTING,
+            QUEUED,  # marked `submitting` by the flow, just before it sends
         )
-        max_submitting: int | None = submit_slots(settings)
     else:
         flow = LocalFlow(provider, finisher, store, metrics)
         capacity, per_minute, claim_status = settings.worker_concurrency, None, RUNNING
-        max_submitting = None
     renders = Counter(
         "reelflow_worker_renders",
         "Render jobs ended (or handed on), by outcome",
@@ -153,7 +152,6 @@ def build(settings: Settings) -> WorkerService:
         capacity=capacity,
         per_minute=per_minute,
         claim_status=claim_status,
-        max_submitting=max_submitting,
         lease_seconds=settings.worker_lease_seconds,
         metric=renders,
     )

@@ -52,7 +52,6 @@ class Scheduler:
         capacity: int,
         per_minute: int | None,
         claim_status: str,
-        max_submitting: int | None = None,
         lease_seconds: float,
         metric: PromCounter | None = None,
     ) -> None:
@@ -61,9 +60,6 @@ class Scheduler:
         self.capacity = capacity
         self.per_minute = per_minute
         self.claim_status = claim_status
-        # Veo: a queued job is claimed (and marked `submitting`) only when its submission can
-        # go out at once, so the crash window stays one HTTP call wide.
-        self.max_submitting = max_submitting
         self.renew_every = lease_seconds / 3
         self.heartbeat_every = min(self.renew_every, 2.0)
         self.held: dict[uuid.UUID, Held] = {}
@@ -73,6 +69,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self.last_claim_ok = True
+        self._next_sweep = 0.0
 
     @property
     def healthy(self) -> bool:
@@ -139,20 +136,24 @@ class Scheduler:
         room = self.capacity - len(self.held)
         if room <= 0 or self._stopping.is_set():
             return 0
-        jobs = await self.store.claim_started(room)
-        fresh = room - len(jobs)
-        if self.max_submitting is not None:
-            submitting = sum(1 for h in self.held.values() if h.ctx.job.status == self.claim_status)
-            fresh = min(fresh, self.max_submitting - submitting)
+        jobs: list[Job] = []
+        now = asyncio.get_running_loop().time()
+        if now >= self._next_sweep:
+            # Leases expire on the lease's timescale: looking for jobs to take over, and for
+            # queued jobs whose generation ended, every couple of seconds is enough (and
+            # spares the database a scan of every held row at each claim).
+            self._next_sweep = now + self.heartbeat_every
+            jobs = await self.store.claim_started(room)
+            await self.store.drop_ended()
         jobs += await self.store.claim_queued(
-            fresh, per_minute=self.per_minute, status=self.claim_status
+            room - len(jobs), per_minute=self.per_minute, status=self.claim_status
         )
         for job in jobs:
             self._spawn(job)
         return len(jobs)
 
     def _spawn(self, job: Job) -> None:
-        ctx = JobContext(job, self.store, self._stopping, self.wake)
+        ctx = JobContext(job, self.store, self._stopping)
         task = asyncio.create_task(self._run(ctx), name=f"job-{job.generation_id}")
         self.held[job.generation_id] = Held(ctx, task)
 

@@ -30,17 +30,10 @@ class JobContext:
     was lost, and a stopping worker flags them all; `check` and `sleep` turn flags into
     exceptions at the flow's safe points."""
 
-    def __init__(
-        self,
-        job: Job,
-        store: JobStore,
-        stopping: asyncio.Event,
-        wake_scheduler: Callable[[], None] = lambda: None,
-    ) -> None:
+    def __init__(self, job: Job, store: JobStore, stopping: asyncio.Event) -> None:
         self.job = job
         self.store = store
         self.stopping = stopping
-        self.wake_scheduler = wake_scheduler  # e.g. a submission slot is free again
         self.ended = False
         self.lost = False
         self.critical = False  # a submission is on the wire: let it finish when stopping
