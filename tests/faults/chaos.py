@@ -307,7 +307,7 @@ async def run(
 
         async def one(n: int) -> str:
             make = driver.auto_confirmed if n % 2 == 0 else driver.clarified
-            return await make(conversations[n], n)
+            return await make(conversations[n % len(conversations)], n)
 
         faults = asyncio.create_task(inject_faults(c, report, receiver_down_seconds, pause))
         # A steady trickle for as long as the faults last (at least `generations` of them),
