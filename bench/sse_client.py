@@ -103,6 +103,7 @@ async def run(args: argparse.Namespace) -> None:
         async with gate:
             if time.monotonic() > deadline:
                 return
+            stream: Stream | None = None
             try:
                 _, stream = await loop.create_connection(
                     lambda: Stream(request, target, arrivals), host, port
@@ -114,6 +115,8 @@ async def run(args: argparse.Namespace) -> None:
             except (OSError, TimeoutError):
                 pass
             failed += 1
+            if stream is not None and stream.transport is not None:
+                stream.transport.close()  # not open in time: not left half-open on the server
 
     started = time.monotonic()
     await asyncio.gather(*(open_one() for _ in range(args.n)))
