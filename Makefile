@@ -37,6 +37,10 @@ asyncapi:  # docs/asyncapi.json: the message catalogue as AsyncAPI 3.0, from the
 chaos: prepare  ## the long fault-injection run: 200 generations through every fault in turn
 	@uv="$(UV)"; PYTHONPATH=. "$$uv" run --frozen python -m tests.faults.chaos --generations 200
 
+.PHONY: bench-veo
+bench-veo: prepare  ## one worker waits on 1,000 slow Veo operations (fake); numbers in bench/README.md
+	@uv="$(UV)"; "$$uv" run --frozen python bench/veo_wait.py
+
 .PHONY: bench
 bench: prepare  ## the benchmark suite (~10 min, private RabbitMQ/PostgreSQL): bench/results/*.json, bench/README.md
 	@uv="$(UV)"; PYTHONPATH=. "$$uv" run --frozen python -m bench.run
