@@ -309,6 +309,26 @@ async def test_a_job_taken_over_polls_its_stored_operation_and_never_submits(
     )
 
 
+async def test_a_job_claimed_but_not_yet_sent_by_a_dead_worker_is_submitted_by_the_next(
+    veo_settings: Settings,
+    running_worker: RunWorker,
+    fake_veo: FakeVeo,
+    bus: Bus,
+    rows: Rows,
+    eventually: Eventually,
+) -> None:
+    """`queued` under an expired lease: the dead worker never marked it `submitting`, so it
+    never sent it; the next worker submits it, once."""
+    reports = await bus.reports()
+    command = await rows.command(veo_spec(rows))
+    await rows.add_job(command, provider="veo", status="queued", attempts=1, crashed=True)
+    async with running_worker(veo_settings):
+        await eventually(lambda: "succeeded" in reports.kinds(command.generation_id))
+    assert fake_veo.submissions == 1
+    job = await rows.job(command.generation_id)
+    assert job is not None and job.attempts == 2  # the dead worker's claim, then this one
+
+
 async def test_a_job_found_submitting_after_a_crash_fails_and_is_never_resubmitted(
     veo_settings: Settings,
     running_worker: RunWorker,
