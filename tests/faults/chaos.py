@@ -250,6 +250,10 @@ async def check(
             report.checks["ok_every_webhook_delivered"] = all(
                 s == "succeeded" for s in deliveries.values()
             )
+            report.checks["deliveries_retried"] = await scalar(
+                "SELECT count(*) FROM (SELECT delivery_id FROM webhook_attempts "
+                "GROUP BY delivery_id HAVING count(*) > 1) AS retried"
+            )
             report.checks["ok_outbox_drained"] = (
                 await scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 0
             )
