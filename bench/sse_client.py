@@ -72,7 +72,8 @@ class Stream(asyncio.Protocol):
             self._settle(True)
         if self.arrived is None and self.target in buf:
             self.arrived = now
-            self.arrivals.add()
+            if self.held.done() and self.held.result():
+                self.arrivals.add()  # only streams counted as held count towards "all arrived"
         self.tail = buf[-64:]
 
     def connection_lost(self, exc: Exception | None) -> None:
