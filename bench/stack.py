@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -230,5 +231,7 @@ async def open_stack(
 
 
 async def close_stack(stack: Stack) -> None:
+    """Stop everything; the logs stay (for `timeline.py` and for reading), the videos go."""
     await stack.stop_all()
     await stack.veo.aclose()
+    await asyncio.to_thread(shutil.rmtree, stack.logs / "media", ignore_errors=True)
