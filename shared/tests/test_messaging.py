@@ -90,7 +90,9 @@ async def test_rolled_back_transaction_publishes_nothing(prepared: Settings, ses
         assert await session.scalar(select(func.count()).select_from(OutboxMessage)) == 0
 
 
-TEST_QUEUE = WorkQueue("test.consumer", EVENTS, ("test.consumer",), delivery_limit=2)
+# Bound like a real consumer of generation.requested: a message must arrive under the routing
+# key its type is published with (anything else is dead-lettered as misrouted).
+TEST_QUEUE = WorkQueue("test.consumer", EVENTS, ("generation.requested",), delivery_limit=2)
 
 
 async def _publish(channel: AbstractChannel, body: bytes, message_id: str, type_: str) -> None:
@@ -98,7 +100,7 @@ async def _publish(channel: AbstractChannel, body: bytes, message_id: str, type_
         aio_pika.Message(
             body, message_id=message_id, type=type_, delivery_mode=DeliveryMode.PERSISTENT
         ),
-        routing_key=TEST_QUEUE.name,
+        routing_key="generation.requested",
     )
 
 
