@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from shared.schemas import RenderSpec
-from veo_worker import backoff
+from veo_worker.backoff import backoff, poll_delay, retry_delay
 from veo_worker.providers.base import InvalidRequest, ProviderError
 from veo_worker.providers.veo_wire import (
     TransientError,
@@ -173,10 +173,10 @@ def test_retry_hints() -> None:
 
 
 def test_backoff_grows_is_capped_is_jittered_and_honours_hints() -> None:
-    samples = [backoff.backoff(n, 1.0, 8.0) for n in range(1, 8) for _ in range(50)]
+    samples = [backoff(n, 1.0, 8.0) for n in range(1, 8) for _ in range(50)]
     assert all(0 < s <= 8.0 for s in samples)
     assert len({round(s, 6) for s in samples}) > 100  # jittered
-    assert all(4.0 <= backoff.backoff(10, 1.0, 8.0) <= 8.0 for _ in range(50))
-    assert all(0.5 <= backoff.backoff(1, 1.0, 8.0) <= 1.0 for _ in range(50))
-    assert backoff.retry_delay(1, 0.1, 1.0, hint=5.0) == 5.0
-    assert all(0.8 * 10 <= backoff.poll_delay(30, 2.0, 10.0) <= 1.2 * 10 for _ in range(50))
+    assert all(4.0 <= backoff(10, 1.0, 8.0) <= 8.0 for _ in range(50))
+    assert all(0.5 <= backoff(1, 1.0, 8.0) <= 1.0 for _ in range(50))
+    assert retry_delay(1, 0.1, 1.0, hint=5.0) == 5.0
+    assert all(0.8 * 10 <= poll_delay(30, 2.0, 10.0) <= 1.2 * 10 for _ in range(50))
