@@ -215,6 +215,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "MEDIA_SIGNING_KEY": "bench",
             "WORKER_METRICS_PORT": "0",
             "LOG_LEVEL": args.log_level,
+            **dict(pair.split("=", 1) for pair in args.set),
         }
         await prepare(env)
         db = await asyncpg.connect(env["DATABASE_URL"])
@@ -274,6 +275,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "loadavg_at_start": load_at_start,
         "loadavg_at_end": os.getloadavg(),
         "mode": "wait only (cancelled)" if args.cancel_after is not None else "complete",
+        "settings": args.set,
         "outcomes": outcomes,
         "fake": {k: stats[k] for k in ("submit_attempts", "submissions", "polls", "downloads")},
         "max_pending_at_once": max(s.pending for s in samples),
@@ -309,6 +311,13 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=4, help="seconds of each video")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--log-level", default="WARNING", help="the worker's LOG_LEVEL")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="another setting for the worker, e.g. VEO_POLL_MAX_INTERVAL_SECONDS=30",
+    )
     parser.add_argument(
         "--cancel-after",
         type=float,

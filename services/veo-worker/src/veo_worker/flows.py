@@ -4,8 +4,9 @@
 over renders afresh). `VeoFlow` submits, waits and fetches in short steps whose state is in the
 row, so a process killed at any point is replaced without a second submission:
 
-- `queued` → claimed as `submitting` (that commit is the marker, made before the HTTP submit)
-  → the operation name is stored with `running` in the commit that follows the answer;
+- `queued` → claimed (leased, still `queued`: never sent) → given a submission slot, marked
+  `submitting` in a commit made before the HTTP submit → the operation name is stored with
+  `running` in the commit that follows the answer;
 - `running` → polled until done (a taken-over job polls its stored operation at once);
 - done → downloaded, probed, thumbnailed, uploaded → `succeeded`.
 
