@@ -21,8 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tests.support import ADMIN_KEY, NO_LIMITS, free_port
 
-TEST_DB = os.environ.get("REELFLOW_TEST_DB", "reelflow_test")
-TEST_VHOST = os.environ.get("REELFLOW_TEST_VHOST", "reelflow_test")
+# One database and one vhost per test run (by default named after the pytest process), so runs
+# beside each other on one machine never drop each other's data; dropped again at the end.
+RUN_NAME = f"reelflow_test_{os.getpid()}"
+TEST_DB = os.environ.get("REELFLOW_TEST_DB", RUN_NAME)
+TEST_VHOST = os.environ.get("REELFLOW_TEST_VHOST", RUN_NAME)
 PG = os.environ.get("REELFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 AMQP = os.environ.get("REELFLOW_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
 
@@ -67,16 +70,43 @@ def settings(env: dict[str, str]) -> Settings:
 
 
 @pytest.fixture(scope="session")
-async def prepared(settings: Settings) -> Settings:
+async def prepared(settings: Settings) -> AsyncIterator[Settings]:
     """A freshly migrated test database and an empty vhost, once per session."""
-    conn = await asyncpg.connect(f"{PG}/postgres")
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await _drop_abandoned_runs()
+    await _drop_database(TEST_DB)
     await migrate(settings)
     await asyncio.to_thread(fresh_vhost, TEST_VHOST)
-    return settings
+    yield settings
+    if TEST_DB == RUN_NAME:
+        await _drop_database(TEST_DB)
+    if TEST_VHOST == RUN_NAME:
+        await asyncio.to_thread(_rabbitmqctl, "delete_vhost", TEST_VHOST)
+
+
+async def _drop_database(name: str) -> None:
+    conn = await asyncpg.connect(f"{PG}/postgres")
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def _drop_abandoned_runs() -> None:
+    """Databases of earlier runs whose pytest process is gone (killed before its teardown)."""
+    conn = await asyncpg.connect(f"{PG}/postgres")
+    try:
+        names = [
+            r["datname"]
+            for r in await conn.fetch(
+                "SELECT datname FROM pg_database "
+                "WHERE datname ~ '^reelflow_test(_migrations)?_[0-9]+$'"
+            )
+        ]
+    finally:
+        await conn.close()
+    for name in names:
+        if not os.path.exists(f"/proc/{name.rsplit('_', 1)[1]}"):  # noqa: ASYNC240 (procfs)
+            await _drop_database(name)
 
 
 @pytest.fixture(scope="session")

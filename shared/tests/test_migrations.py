@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import asyncpg
 import shared.db.models  # noqa: F401  (registers the tables)
@@ -14,7 +15,7 @@ from shared.settings import load_settings
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import SQLModel
 
-DB = "reelflow_test_migrations"
+DB = f"reelflow_test_migrations_{os.getpid()}"  # this run's own, like conftest.py's
 
 
 async def test_migrations_match_the_models_and_reverse(env: dict[str, str]) -> None:
@@ -35,3 +36,6 @@ async def test_migrations_match_the_models_and_reverse(env: dict[str, str]) -> N
     config = alembic_config(settings)
     await asyncio.to_thread(command.downgrade, config, "base")
     await migrate(settings)  # and back up, from nothing
+    admin = await asyncpg.connect(env["DATABASE_URL"].rsplit("/", 1)[0] + "/postgres")
+    await admin.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
+    await admin.close()
