@@ -41,6 +41,19 @@ def test_answers_complete_the_spec_and_detail_is_appended_not_rewritten() -> Non
     assert spec.duration_seconds == 8
 
 
+def test_the_duration_question_offers_only_what_the_model_renders() -> None:
+    """Veo 3.x renders 1080p only at 8 s: 8 s is filled in, not asked (a 4 s answer would fail
+    late in the worker); Veo 2 renders 6 or 8 s of what we offer."""
+    full_hd = GenerationParams(aspect_ratio="16:9", resolution="1080p")
+    assert questions_for(DETAILED, full_hd, "veo-3.1-fast-generate-preview") == []
+    spec = analyse(DETAILED, full_hd, {}, default_model="veo-3.1-fast-generate-preview").spec
+    assert spec is not None and spec.duration_seconds == 8
+    veo2 = questions_for(DETAILED, GenerationParams(aspect_ratio="16:9"), "veo-2.0-generate-001")
+    assert [c.value for c in veo2[0].choices or []] == ["6", "8"]
+    veo3_720 = questions_for(DETAILED, GenerationParams(), "veo-3.0-generate-001")
+    assert [c.value for c in veo3_720[1].choices or []] == ["4", "6", "8"]
+
+
 @pytest.mark.parametrize(
     ("answers", "bad"),
     [

@@ -319,3 +319,15 @@ async def test_unknown_model_is_a_422_with_veo(
     body = {"prompt": PROMPT, "params": {"model": "veo-3.1-generate-preview"}}
     r = await veo_client.post("/v1/generations", json=body, headers=user["headers"])
     assert r.status_code == 201
+
+
+async def test_params_naming_no_model_are_checked_against_veo_model(
+    veo_client: httpx.AsyncClient, user: dict[str, Any], problem: Problem
+) -> None:
+    """VEO_MODEL (a Veo 3.x model by default) renders 1080p only at 8 s: refused at creation,
+    not late in the worker."""
+    body = {"prompt": PROMPT, "params": {"resolution": "1080p", "duration_seconds": 4}}
+    errors = problem(
+        await veo_client.post("/v1/generations", json=body, headers=user["headers"]), 422
+    )
+    assert errors["errors"][0]["field"] == "params.duration_seconds"

@@ -7,7 +7,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from shared.db.models import Generation, User, utcnow
+from shared.api_keys import Caller
+from shared.db.models import Generation, utcnow
 from shared.domain.pricing import UnsupportedParams, check_supported
 from shared.domain.quotas import Limits
 from shared.messages import GenerationRequested
@@ -37,7 +38,7 @@ class Created:
 
 async def create_generation(
     db: AsyncSession,
-    user: User,
+    user: Caller,
     body: CreateGeneration,
     settings: Settings,
     idempotency_key: str | None,
@@ -49,7 +50,12 @@ async def create_generation(
     user_id = user.id  # read now: a rollback below expires the loaded user
     params = body.generation_params()
     try:
-        check_supported(params, provider=settings.provider, prices=settings.price_per_second_usd)
+        check_supported(
+            params,
+            provider=settings.provider,
+            prices=settings.price_per_second_usd,
+            default_model=settings.default_model,
+        )
     except UnsupportedParams as exc:
         raise invalid(
             [{"field": f, "location": "body", "message": m} for f, m in exc.errors.items()],

@@ -46,6 +46,7 @@ class Handlers:
                     params,
                     provider=self.settings.provider,
                     prices=self.settings.price_per_second_usd,
+                    default_model=self.settings.default_model,
                 )
             except (ValidationError, pricing.UnsupportedParams) as exc:
                 error = ErrorInfo(code="invalid_request", message=str(exc)[:500])

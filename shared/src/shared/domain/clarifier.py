@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from shared.domain import veo_models
 from shared.schemas import Choice, GenerationParams, Question, RenderSpec
 
 ASPECT = Question(
@@ -57,12 +58,34 @@ class InvalidAnswer(ValueError):
         self.errors = errors
 
 
-def questions_for(prompt: str, params: GenerationParams) -> list[Question]:
+def _durations(params: GenerationParams, model: str | None) -> tuple[int, ...] | None:
+    """The durations the model can render with these params (1080p on Veo 3.x: only 8 s), so
+    the question never offers a choice that would fail later in the worker."""
+    if model is None:
+        return None
+    return veo_models.durations_for(model, params.resolution)
+
+
+def _duration_question(durations: tuple[int, ...] | None) -> Question:
+    if durations is None:
+        return DURATION
+    offered = {str(d) for d in durations}
+    return DURATION.model_copy(
+        update={"choices": [c for c in DURATION.choices or [] if c.value in offered]}
+    )
+
+
+def questions_for(
+    prompt: str, params: GenerationParams, model: str | None = None
+) -> list[Question]:
+    """The open questions; with `model`, the duration is asked only when the model leaves a
+    choice (one possible duration is filled in, not asked)."""
     asked = []
     if params.aspect_ratio is None:
         asked.append(ASPECT)
-    if params.duration_seconds is None:
-        asked.append(DURATION)
+    durations = _durations(params, model)
+    if params.duration_seconds is None and (durations is None or len(durations) > 1):
+        asked.append(_duration_question(durations))
     if is_vague(prompt):
         asked.append(DETAIL)
     return asked
@@ -98,17 +121,19 @@ def analyse(
     prompt: str, params: GenerationParams, answers: dict[str, str], *, default_model: str
 ) -> Analysis:
     """Open questions, or the final spec once everything needed is known."""
-    open_questions = [q for q in questions_for(prompt, params) if q.id not in answers]
+    model = params.model or default_model
+    open_questions = [q for q in questions_for(prompt, params, model) if q.id not in answers]
     if open_questions:
         return Analysis(open_questions, None)
     detail = answers.get("detail")
-    model = params.model or default_model
+    durations = _durations(params, model)
+    only = durations[0] if durations is not None and len(durations) == 1 else None
     spec = RenderSpec(
         model=model,
         prompt=f"{prompt.rstrip()}. {detail}" if detail else prompt,
         aspect_ratio=params.aspect_ratio or answers["aspect_ratio"],
         resolution=params.resolution or "720p",
-        duration_seconds=params.duration_seconds or int(answers["duration_seconds"]),
+        duration_seconds=params.duration_seconds or only or int(answers["duration_seconds"]),
         negative_prompt=params.negative_prompt,
         generate_audio=(
             params.generate_audio

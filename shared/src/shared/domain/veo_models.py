@@ -58,6 +58,17 @@ MODELS: dict[str, VeoModel] = {
 }
 
 
+def durations_for(model_name: str, resolution: str | None) -> tuple[int, ...] | None:
+    """The durations `model_name` renders at `resolution`; None when the model is not in the
+    table (the local renderer, or one the operator priced): then nothing is narrowed."""
+    model = MODELS.get(model_name)
+    if model is None:
+        return None
+    if model.full_hd_needs_8s and resolution == "1080p":
+        return (8,)
+    return model.durations
+
+
 def problems(
     model: VeoModel,
     *,
