@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import aio_pika
+import asyncpg
 from fastapi import FastAPI
 from shared.logging import get_logger
 from shared.media import build_storage
@@ -18,6 +19,7 @@ from api import problems
 from api.metrics import install_runtime_metrics
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from api.openapi_doc import complete_openapi
+from api.pg import open_pool
 from api.ratelimit import RateLimiter
 from api.realtime import Realtime
 from api.routes import (
@@ -48,8 +50,10 @@ def create_app(settings: Settings) -> FastAPI:
         runtime = ServiceRuntime.build("api", settings)
         probe: aio_pika.abc.AbstractRobustConnection | None = None
         realtime: Realtime | None = None
+        pool: asyncpg.Pool | None = None
         try:
             await runtime.start()
+            app.state.pg = pool = await open_pool(settings)  # the hot paths' raw pool (api.pg)
             async with runtime.sessions() as session:
                 app.state.storage = await build_storage(session, settings)
             probe = await aio_pika.connect_robust(settings.amqp_url)
@@ -64,6 +68,8 @@ def create_app(settings: Settings) -> FastAPI:
                 await realtime.close()
             if probe is not None:
                 await probe.close()
+            if pool is not None:
+                await pool.close()
             await runtime.close()
             log.info("API stopped")
 

@@ -14,7 +14,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from shared.db.models import ChatMessage, Conversation, Generation, User, utcnow
+from shared.api_keys import Caller
+from shared.db.models import ChatMessage, Conversation, Generation, utcnow
 from shared.domain.quotas import Limits
 from shared.domain.understanding import Awaiting, Context, Intent, Understander, Understanding
 from shared.messages import ConversationMessageCreated
@@ -122,7 +123,7 @@ class Chat:
     async def post(
         self,
         db: AsyncSession,
-        user: User,
+        user: Caller,
         conversation_id: uuid.UUID,
         content: str,
         settings: Settings,
@@ -152,7 +153,7 @@ class Chat:
     async def _request(
         self,
         db: AsyncSession,
-        user: User,
+        user: Caller,
         writer: _Writer,
         understood: Understanding,
         settings: Settings,

@@ -6,11 +6,11 @@ import hmac
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import asyncpg
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from shared.api_keys import authenticate, touch
+from shared.api_keys import Caller, find_caller, record_use
 from shared.auth import hash_api_key
-from shared.db.models import User
 from shared.logging import get_logger
 from shared.media import Storage
 from shared.runtime import ServiceRuntime
@@ -30,25 +30,32 @@ _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="reelflow"'}
 _INVALID = {"WWW-Authenticate": 'Bearer realm="reelflow", error="invalid_token"'}
 
 
-def runtime(request: Request) -> ServiceRuntime:
+# `async def`, all of them: FastAPI runs a plain `def` dependency in a worker thread.
+async def runtime(request: Request) -> ServiceRuntime:
     return request.app.state.runtime
 
 
-def settings(request: Request) -> Settings:
+async def settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def storage(request: Request) -> Storage:
+async def storage(request: Request) -> Storage:
     return request.app.state.storage
 
 
+async def pg(request: Request) -> asyncpg.Pool:
+    """The raw asyncpg pool of the hot paths (`api.pg`)."""
+    return request.app.state.pg
+
+
 async def session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with runtime(request).sessions() as db:
+    async with request.app.state.runtime.sessions() as db:
         yield db
 
 
 Session = Annotated[AsyncSession, Depends(session)]
 Runtime = Annotated[ServiceRuntime, Depends(runtime)]
+Pg = Annotated[asyncpg.Pool, Depends(pg)]
 AppSettings = Annotated[Settings, Depends(settings)]
 AppStorage = Annotated[Storage, Depends(storage)]
 
@@ -59,28 +66,34 @@ def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
     return credentials.credentials
 
 
-async def current_user(
-    db: Session,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    request: Request,
-) -> User:
-    """The caller, by a live API key (`shared.api_keys`), within its key's rate limit."""
-    token = _token(credentials)
-    limiter: RateLimiter = request.app.state.rate_limiter
-    limiter.check_local(hash_api_key(token))  # a flooding key stops here, before the database
-    found = await authenticate(db, token)
-    if found is None:
+async def caller_of(request: Request, token: str) -> Caller:
+    """The caller, by a live API key, within its key's rate limit: one indexed query on the raw
+    pool (the key is looked up on every request, so a revoked key stops at once), a token
+    spent from this instance's lease of the key's shared bucket (`api.ratelimit`: a database
+    write per lease, not per request), `last_used_at` written at most once a minute."""
+    state = request.app.state
+    limiter: RateLimiter = state.rate_limiter
+    digest = hash_api_key(token)
+    limiter.check_local(digest)  # a flooding key stops here, before the database
+    pool: asyncpg.Pool = state.pg
+    caller = await find_caller(pool, token, digest)
+    if caller is None:
         log.warning("Invalid API key")
         raise Problem(401, "the API key is not valid", headers=_INVALID)
-    key, user = found
-    await limiter.take_shared(db, key.id)
-    await touch(db, key)
-    await db.commit()  # short: the bucket's row lock ends here, not with the request
-    request.state.api_key_id = key.id
-    return user
+    await limiter.take(pool, digest, caller.key_id)
+    await record_use(pool, caller)
+    request.state.api_key_id = caller.key_id
+    return caller
 
 
-def admin(
+async def current_user(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    request: Request,
+) -> Caller:
+    return await caller_of(request, _token(credentials))
+
+
+async def admin(
     cfg: AppSettings,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)],
 ) -> None:
@@ -94,4 +107,4 @@ def admin(
         raise Problem(401, "the admin key is not valid", headers=_INVALID)
 
 
-CurrentUser = Annotated[User, Depends(current_user)]
+CurrentUser = Annotated[Caller, Depends(current_user)]

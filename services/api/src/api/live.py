@@ -35,15 +35,28 @@ Update: TypeAlias = LifecycleEvent | ConversationMessageCreated
 
 class Subscriber:
     """One open stream's inbox. Bounded: a stream that cannot keep up drops what is queued and
-    is told to catch up from the database instead (`lagged`)."""
+    is told to catch up from the database instead (`lagged`).
+
+    Kept small and cheap to wake, since one process holds thousands: `wait` parks the stream's
+    task on a bare future with a timer (no `wait_for`, which wraps every wait in a task of its
+    own), and a push wakes exactly that task."""
+
+    __slots__ = ("_lagged", "_leave", "_max", "_pending", "_ready", "_waiter", "ended")
 
     def __init__(self, leave: Callable[[Subscriber], None], max_pending: int = 256) -> None:
         self._leave: Callable[[Subscriber], None] | None = leave
         self._pending: deque[Update] = deque()
         self._max = max_pending
-        self._ready = asyncio.Event()
+        self._ready = False
+        self._waiter: asyncio.Future[None] | None = None
         self._lagged = False
-        self.ended = False  # the instance is shutting down: the stream should end
+        self.ended = False  # the stream should end (shutting down, or its client left)
+
+    def _wake(self) -> None:
+        self._ready = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def push(self, update: Update) -> None:
         if len(self._pending) >= self._max:
@@ -51,20 +64,27 @@ class Subscriber:
             self._lagged = True
         else:
             self._pending.append(update)
-        self._ready.set()
+        self._wake()
 
     def resync(self) -> None:
         """Updates may have been missed (the broker connection dropped): catch up."""
         self._lagged = True
-        self._ready.set()
+        self._wake()
 
     async def wait(self, within: float) -> list[Update] | None:
         """What arrived since the last call, or None when `within` seconds passed with nothing."""
-        try:
-            await asyncio.wait_for(self._ready.wait(), within)
-        except TimeoutError:
-            return None
-        self._ready.clear()
+        if not self._ready:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(within, _expire, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+            if not self._ready:
+                return None
+        self._ready = False
         batch = list(self._pending)
         self._pending.clear()
         return batch
@@ -74,15 +94,21 @@ class Subscriber:
         return lagged
 
     def end(self) -> None:
-        """Ask the stream to end (its client reconnects elsewhere, with Last-Event-ID)."""
+        """Ask the stream to end (its client reconnects elsewhere, with Last-Event-ID; or its
+        client is gone)."""
         self.ended = True
-        self._ready.set()
+        self._wake()
 
     def close(self) -> None:
         """Stop receiving (idempotent)."""
         if self._leave is not None:
             self._leave(self)
             self._leave = None
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class LiveFeed:

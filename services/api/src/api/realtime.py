@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import Gauge
 from shared.media import load_signing_secret
@@ -10,6 +10,7 @@ from shared.runtime import ServiceRuntime
 
 from api.live import LiveFeed
 from api.streamauth import StreamTokens
+from api.streams import SharedFrames
 
 
 @dataclass
@@ -17,6 +18,7 @@ class Realtime:
     feed: LiveFeed
     tokens: StreamTokens
     heartbeat_seconds: float
+    frames: SharedFrames = field(default_factory=SharedFrames)  # live events rendered once
 
     @classmethod
     async def start(cls, runtime: ServiceRuntime) -> Realtime:

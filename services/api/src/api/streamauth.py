@@ -17,15 +17,16 @@ import hmac
 import struct
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from shared.db.models import User
+from shared.api_keys import Caller
 from shared.logging import get_logger
 
-from api.deps import current_user, runtime
+from api.deps import caller_of
 from api.problems import Problem
 
 log = get_logger("AUTH")
@@ -77,6 +78,9 @@ class StreamTokens:
         return uuid.UUID(bytes=body[:16])
 
 
+_USER_EXISTS = "SELECT 1 FROM users WHERE id = $1"
+
+
 async def stream_user(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -88,25 +92,23 @@ async def stream_user(
             "send headers (EventSource); never an API key",
         ),
     ] = None,
-) -> User:
-    """The caller of a stream route, by API key header or stream token. Uses a session of its
-    own, closed before the stream starts: an open stream holds no database connection."""
-    async with runtime(request).sessions() as db:
-        if credentials is not None and credentials.credentials:
-            return await current_user(db, credentials, request)
-        if token:
-            tokens: StreamTokens = request.app.state.realtime.tokens
-            user_id = tokens.verify(token)
-            user = await db.get(User, user_id) if user_id else None
-            if user is None:
-                log.warning("Invalid stream token")
-                raise Problem(
-                    401,
-                    "the stream token is not valid or has expired; get a new one from "
-                    "POST /v1/stream-tokens",
-                    headers={"WWW-Authenticate": 'Bearer realm="reelflow", error="invalid_token"'},
-                )
-            return user
+) -> Caller | StreamCaller:
+    """The caller of a stream route, by API key header or stream token: plain asyncpg on the
+    raw pool, so opening a stream holds no ORM session (and an open stream no connection)."""
+    if credentials is not None and credentials.credentials:
+        return await caller_of(request, credentials.credentials)
+    if token:
+        tokens: StreamTokens = request.app.state.realtime.tokens
+        user_id = tokens.verify(token)
+        if user_id is not None and await request.app.state.pg.fetchval(_USER_EXISTS, user_id):
+            return StreamCaller(user_id)
+        log.warning("Invalid stream token")
+        raise Problem(
+            401,
+            "the stream token is not valid or has expired; get a new one from "
+            "POST /v1/stream-tokens",
+            headers={"WWW-Authenticate": 'Bearer realm="reelflow", error="invalid_token"'},
+        )
     raise Problem(
         401,
         "send your API key as 'Authorization: Bearer <key>', or a stream token as ?token=",
@@ -114,4 +116,11 @@ async def stream_user(
     )
 
 
-StreamUser = Annotated[User, Depends(stream_user)]
+@dataclass(frozen=True, slots=True)
+class StreamCaller:
+    """A stream's caller by stream token: the user only (no key)."""
+
+    id: uuid.UUID
+
+
+StreamUser = Annotated[Caller | StreamCaller, Depends(stream_user)]

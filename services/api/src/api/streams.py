@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from shared.api_keys import Queries
 from shared.db.models import ChatMessage, Generation
 from shared.media import Storage
 from shared.messages import ConversationMessageCreated, LifecycleEvent
@@ -37,7 +38,8 @@ from sqlmodel import col
 from api.chat_views import messages_out
 from api.conversations import live_generations, messages_of
 from api.live import Subscriber
-from api.timeline import REQUESTED, as_generation, recorded, status_event
+from api.queries import GenerationRow
+from api.timeline import REQUESTED, as_generation, event_at, recorded, status_event
 from api.views import generation_out
 
 RETRY_MS = 2000
@@ -73,11 +75,44 @@ def from_micros(value: int) -> datetime:
     return datetime.fromtimestamp(value / 1_000_000, UTC)
 
 
+class SharedFrames:
+    """A live event rendered once for all the streams it reaches. Thousands of streams may
+    watch one generation, and every stream would otherwise build the same view and serialise
+    the same JSON: the broker delivers one event object to every subscriber, so its frame is
+    kept by that object's identity (the object is held with it, so the identity is not reused)
+    for as long as the last few events."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._frames: dict[tuple[int, bool, bool], tuple[LifecycleEvent, bytes]] = {}
+        self.rendered = 0
+
+    async def lifecycle(
+        self, event: LifecycleEvent, auto_confirm: bool, storage: Storage, *, with_id: bool
+    ) -> bytes:
+        key = (id(event), auto_confirm, with_id)
+        hit = self._frames.get(key)
+        if hit is not None and hit[0] is event:
+            return hit[1]
+        gen = as_generation(event, auto_confirm)
+        body = await generation_out(gen, storage)
+        data = frame(
+            event.event.value, body.model_dump_json(), str(gen.version) if with_id else None
+        )
+        self.rendered += 1
+        if len(self._frames) >= self.size:
+            del self._frames[next(iter(self._frames))]  # the oldest
+        self._frames[key] = (event, data)
+        return data
+
+
 @dataclass
 class StreamDeps:
     sessions: async_sessionmaker[AsyncSession]
     storage: Storage
     heartbeat_seconds: float
+    pg: Queries
+    frames: SharedFrames
 
 
 async def _read(db: AsyncSession, generation_id: uuid.UUID) -> Generation | None:
@@ -92,7 +127,7 @@ async def _read(db: AsyncSession, generation_id: uuid.UUID) -> Generation | None
 class GenerationStream:
     deps: StreamDeps
     subscriber: Subscriber
-    generation: Generation  # as read when the stream opened (after subscribing)
+    generation: GenerationRow  # as read when the stream opened (after subscribing)
     resume_after: int | None
     sent: int = 0
     done: bool = False
@@ -130,12 +165,7 @@ class GenerationStream:
     async def _opening(self) -> bytes:
         """The current state, named by the event that led to it."""
         gen = self.generation
-        async with self.deps.sessions() as db:
-            records = await recorded(db, gen.id)
-        name = next(
-            (r.event for r in reversed(records) if r.version == gen.version), status_event(gen)
-        )
-        return await self._state(name, gen)
+        return await self._state(await event_at(self.deps.pg, gen), gen)
 
     async def _catch_up(self) -> AsyncIterator[bytes]:
         """Everything after `sent`, from the outbox record; the current state if the record
@@ -156,10 +186,14 @@ class GenerationStream:
             yield await self._state(status_event(gen), gen)
 
     async def _event(self, event: LifecycleEvent) -> bytes:
-        gen = as_generation(event, self.generation.auto_confirm)
-        return await self._state(event.event.value, gen)
+        data = await self.deps.frames.lifecycle(
+            event, self.generation.auto_confirm, self.deps.storage, with_id=True
+        )
+        self.sent = event.snapshot.version or 0
+        self.done = event.snapshot.status.is_terminal
+        return data
 
-    async def _state(self, name: str, gen: Generation) -> bytes:
+    async def _state(self, name: str, gen: Generation | GenerationRow) -> bytes:
         self.sent = gen.version
         self.done = Status(gen.status).is_terminal
         body = await generation_out(gen, self.deps.storage)
@@ -243,5 +277,6 @@ class ConversationStream:
             async with self.deps.sessions() as db:
                 gen = await db.get(Generation, event.generation_id)
             auto_confirm = self.auto_confirm[event.generation_id] = bool(gen and gen.auto_confirm)
-        body = await generation_out(as_generation(event, auto_confirm), self.deps.storage)
-        yield frame(event.event.value, body.model_dump_json())
+        yield await self.deps.frames.lifecycle(
+            event, auto_confirm, self.deps.storage, with_id=False
+        )

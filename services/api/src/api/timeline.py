@@ -8,11 +8,13 @@ shows them; the SSE streams replay them to a client that missed some.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import ValidationError
+from shared.api_keys import Queries
 from shared.db.models import Generation, OutboxMessage
 from shared.logging import get_logger
 from shared.messages import GenerationRequested, LifecycleEvent
@@ -20,6 +22,8 @@ from shared.state_machine import INITIAL, Event, Status
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
+
+from api.queries import GenerationRow
 
 log = get_logger("TIMELINE")
 
@@ -70,7 +74,31 @@ async def recorded(db: AsyncSession, generation_id: uuid.UUID) -> list[Recorded]
     return out
 
 
-def status_event(gen: Generation) -> str:
+_NEWEST = (
+    "SELECT type, body FROM outbox WHERE correlation_id = $1 AND type = ANY($2::text[]) "
+    "ORDER BY id DESC LIMIT 50"
+)
+
+
+async def event_at(pg: Queries, gen: Generation | GenerationRow) -> str:
+    """The name of the event that led to the generation's current version (as `recorded` would
+    give it, newest first), read on the raw pool; `status_event` when the record has none."""
+    rows = await pg.fetch(_NEWEST, str(gen.id), [REQUESTED, LifecycleEvent.TYPE])
+    for row in rows:
+        if row["type"] == REQUESTED:
+            name, version = REQUESTED, 1
+        else:
+            try:
+                body = json.loads(row["body"])
+                name, version = Event(body["event"]).value, body["snapshot"].get("version")
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # a version of the event this code does not know
+        if version == gen.version:
+            return name
+    return status_event(gen)
+
+
+def status_event(gen: Generation | GenerationRow) -> str:
     """The event that announces a generation's current state, when its record is not at hand."""
     match Status(gen.status):
         case Status.PENDING_CLARIFICATION:
@@ -88,10 +116,10 @@ def status_event(gen: Generation) -> str:
     return Event.CANCELLED.value
 
 
-def as_generation(event: LifecycleEvent, auto_confirm: bool) -> Generation:
+def as_generation(event: LifecycleEvent, auto_confirm: bool) -> GenerationRow:
     """The generation as the event saw it, in the row's shape (the API's views read rows)."""
     snap = event.snapshot
-    return Generation(
+    return GenerationRow(
         id=event.generation_id,
         user_id=event.user_id,
         conversation_id=event.conversation_id,

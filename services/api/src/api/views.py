@@ -9,6 +9,7 @@ from shared.media import Storage
 from shared.schemas import GenerationParams, Question, RenderSpec
 from shared.state_machine import Status
 
+from api.queries import GenerationRow
 from api.schemas import (
     ErrorOut,
     GenerationOut,
@@ -18,7 +19,7 @@ from api.schemas import (
 )
 
 
-def etag(gen: Generation) -> str:
+def etag(gen: Generation | GenerationRow) -> str:
     # Weak: the version pins the state, but the signed links inside are re-signed per read.
     return f'W/"{gen.id}.{gen.version}"'
 
@@ -55,7 +56,7 @@ def _progress(raw: dict[str, Any] | None) -> ProgressOut | None:
 
 
 async def generation_out(
-    gen: Generation, storage: Storage, *, queue_position: int | None = None
+    gen: Generation | GenerationRow, storage: Storage, *, queue_position: int | None = None
 ) -> GenerationOut:
     """`queue_position`: for a confirmed generation waiting for a renderer (no progress yet)."""
     progress = _progress(gen.progress)
@@ -82,7 +83,7 @@ async def generation_out(
     )
 
 
-async def seed_generation(gen: Generation, storage: Storage) -> SeedGeneration:
+async def seed_generation(gen: Generation | GenerationRow, storage: Storage) -> SeedGeneration:
     result = await _result(gen.result, storage)
     progress = _progress(gen.progress)
     return SeedGeneration(

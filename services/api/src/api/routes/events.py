@@ -5,6 +5,7 @@ See `api.streams` for what the streams carry and `api.streamauth` for how they a
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -17,10 +18,10 @@ from starlette.types import Receive, Scope, Send
 
 from api.chat_schemas import StreamToken
 from api.conversations import owned_conversation
-from api.deps import AppStorage, CurrentUser, runtime
+from api.deps import AppStorage, CurrentUser
 from api.live import Subscriber
 from api.problems import responses
-from api.queries import owned_generation
+from api.queries import owned_generation_row
 from api.realtime import Realtime
 from api.streamauth import StreamUser
 from api.streams import (
@@ -55,22 +56,57 @@ def _realtime(request: Request) -> Realtime:
 
 def _deps(request: Request, storage: Any) -> StreamDeps:
     realtime = _realtime(request)
-    return StreamDeps(runtime(request).sessions, storage, realtime.heartbeat_seconds)
+    state = request.app.state
+    return StreamDeps(
+        state.runtime.sessions, storage, realtime.heartbeat_seconds, state.pg, realtime.frames
+    )
 
 
 class EventStream(StreamingResponse):
     """An SSE response that ends its subscription however the response ends (finished, the
-    client gone, or cancelled before the first byte)."""
+    client gone, or cancelled before the first byte).
+
+    Its own ASGI loop rather than StreamingResponse's (which runs each stream in an anyio task
+    group of two tasks): the stream's task writes the frames, and the client's leaving is
+    noticed by a bare task on `receive` that ends the subscriber, which wakes the stream."""
 
     def __init__(self, subscriber: Subscriber, events: AsyncIterator[bytes]) -> None:
         super().__init__(events, media_type=MEDIA_TYPE, headers=HEADERS)
         self.subscriber = subscriber
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        subscriber = self.subscriber
+        watcher = asyncio.ensure_future(_disconnected(receive))
+        watcher.add_done_callback(lambda task: _gone(task, subscriber))
+        events = self.body_iterator
         try:
-            await super().__call__(scope, receive, send)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            async for chunk in events:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            self.subscriber.close()
+            watcher.cancel()
+            subscriber.close()
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _gone(task: asyncio.Future[None], subscriber: Subscriber) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a failing receive also means the client is gone
+        subscriber.end()
 
 
 @router.post(
@@ -103,8 +139,7 @@ async def generation_events(
     # Subscribe before reading, so nothing published in between is missed.
     subscriber = _realtime(request).feed.generation(generation_id)
     try:
-        async with runtime(request).sessions() as db:
-            gen = await owned_generation(db, user.id, generation_id)
+        gen = await owned_generation_row(request.app.state.pg, user.id, generation_id)
     except BaseException:
         subscriber.close()
         raise
@@ -134,7 +169,7 @@ async def conversation_events(
     resume_after = last_event_id(last_event, last_event_id_query)
     subscriber = _realtime(request).feed.conversation(conversation_id)
     try:
-        async with runtime(request).sessions() as db:
+        async with request.app.state.runtime.sessions() as db:
             await owned_conversation(db, user.id, conversation_id)
     except BaseException:
         subscriber.close()

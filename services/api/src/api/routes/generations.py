@@ -11,14 +11,14 @@ from shared.logging import get_logger, log_context
 from shared.state_machine import Status
 
 from api.creation import create_generation
-from api.deps import AppSettings, AppStorage, CurrentUser, Runtime, Session
+from api.deps import AppSettings, AppStorage, CurrentUser, Pg, Runtime, Session
 from api.idempotency import check_key
 from api.moves import Plan, answers_plan, cancel_plan, confirm_plan, move
 from api.pagination import decode_cursor, encode_cursor
 from api.problems import responses
 from api.queries import (
     ensure_conversation,
-    owned_generation,
+    owned_generation_row,
     page_of_generations,
     queue_positions,
 )
@@ -32,6 +32,7 @@ log_status = get_logger("GENERATION_STATUS")
 log_move = get_logger("GENERATION_MOVE")
 
 _MOVE_ERRORS = responses(401, 404, 409, 413, 422)
+JSON = "application/json"
 
 
 @router.post(
@@ -122,20 +123,21 @@ async def list_generations(
 async def read(
     generation_id: uuid.UUID,
     user: CurrentUser,
-    db: Session,
+    pg: Pg,
     storage: AppStorage,
-    response: Response,
     if_none_match: Annotated[str | None, Header()] = None,
-) -> GenerationOut | Response:
-    gen = await owned_generation(db, user.id, generation_id)
+) -> Response:
+    # The hot read: one query on the raw pool (`api.pg`), the body serialised once, as FastAPI
+    # would have for the response model (`model_dump_json(by_alias=True)`).
+    gen = await owned_generation_row(pg, user.id, generation_id)
     tag = etag(gen)
     headers = {"ETag": tag, "Cache-Control": "private, no-cache"}
     with log_context(generation_id=str(gen.id)):
         log_status.debug("Status read", status=gen.status, version=gen.version)
     if etag_matches(if_none_match, tag):
         return Response(status_code=304, headers=headers)
-    response.headers.update(headers)
-    return await generation_out(gen, storage)
+    body = await generation_out(gen, storage)
+    return Response(body.model_dump_json(by_alias=True), headers=headers, media_type=JSON)
 
 
 async def _move(
