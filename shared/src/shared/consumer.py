@@ -24,11 +24,12 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared import telemetry
+from shared.db.outage import outlast_outage
 from shared.inbox import claim
 from shared.logging import get_logger, log_context
 from shared.messages import Message, UnknownMessage, parse_message
 from shared.metrics import ServiceMetrics
-from shared.outbox import OutboxRelay
+from shared.outbox import RELAY_KEY, OutboxRelay
 
 log = get_logger("CONSUMER")
 
@@ -47,12 +48,17 @@ class IdempotentConsumer(Generic[M]):
         handler: Callable[[AsyncSession, M], Awaitable[None]],
         sessions: async_sessionmaker[AsyncSession],
         relay: OutboxRelay,
+        *,
+        after_commit: Callable[[M], None] | None = None,
     ) -> None:
         self.name = name
         self.message_type = message_type
         self.handler = handler
         self.sessions = sessions
         self.relay = relay
+        # Told of each message applied, once its transaction committed (e.g. to wake a loop
+        # that picks up what the handler wrote, instead of waiting for its next tick).
+        self.after_commit = after_commit
         self.handled = 0
         self.duplicates = 0
 
@@ -73,12 +79,18 @@ class IdempotentConsumer(Generic[M]):
                             log.info("Duplicate ignored", type=raw.type)
                             return
                         await self.handler(session, parsed)
+                    # The commit handed its outbox rows to the relay of the session's maker;
+                    # any other relay is told to look (a maker without one, in tests).
+                    handed = session.info.get(RELAY_KEY) is self.relay
             except PermanentError as exc:
                 log.error("Message dead-lettered", type=raw.type, reason=str(exc))
                 await message.reject()
                 return
             self.handled += 1
-            self.relay.wake()
+            if not handed:
+                self.relay.wake()
+            if self.after_commit is not None:
+                self.after_commit(parsed)
 
     async def _parse(self, message: RabbitMessage) -> M | None:
         return await read_or_reject(message, self.message_type, self.name)
@@ -118,8 +130,14 @@ def arrived_as_published(exchange: str | None, routing_key: str | None, message:
 Handler = Callable[[RabbitMessage], Awaitable[None]]
 
 
+# How long a handler waits out a database outage before its message is nacked (which counts
+# towards the delivery limit): longer than a PostgreSQL restart or failover takes.
+OUTAGE_PATIENCE_SECONDS = 120.0
+
+
 def traced(queue: str, handler: Handler, metrics: ServiceMetrics | None = None) -> Handler:
-    """`handler` inside a CONSUMER span under the message's context, counted and timed."""
+    """`handler` inside a CONSUMER span under the message's context, counted and timed; a
+    database outage is waited out in place (`shared.db.outage`) instead of burning redeliveries."""
 
     async def on_message(message: RabbitMessage) -> None:
         raw = message.raw_message
@@ -143,7 +161,24 @@ def traced(queue: str, handler: Handler, metrics: ServiceMetrics | None = None) 
         ) as span:
             try:
                 with log_context(generation_id=raw.correlation_id or None):
-                    await handler(message)
+
+                    async def once() -> None:
+                        try:
+                            await handler(message)
+                        except Exception as error:
+                            if message.committed is None:
+                                raise
+                            # It acked or rejected its message itself: nothing to redo.
+                            failure = repr(error)[:500]
+                            log.warning("Handling failed after settling", error=failure)
+
+                    try:
+                        await outlast_outage(
+                            once, patience=OUTAGE_PATIENCE_SECONDS, what=f"consume {queue}"
+                        )
+                    except Exception as error:
+                        log.warning("Handling failed, message requeued", error=repr(error)[:500])
+                        raise
                 outcome = "dead_lettered" if message.committed == AckStatus.REJECTED else "acked"
             finally:
                 if span.is_recording():

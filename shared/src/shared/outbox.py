@@ -5,6 +5,16 @@ publishes unpublished rows persistent and `mandatory` on a confirming channel, a
 published only after RabbitMQ confirmed them. A crash between confirm and mark republishes the
 same `message_id`; consumers' inboxes make that harmless.
 
+The fast path: `enqueue` stages the row on the session; the session's commit writes it (one
+INSERT for all of a transaction's rows, just before the commit) and, once committed, hands it
+to the relay of the session's maker (`ServiceRuntime` puts it in the maker's `info`), which
+publishes it at once — no claim query between a commit and its messages going out — and marks
+it published after the confirm. Polling is only the safety net: every `idle_poll_seconds` (and
+on `wake()`) a relay claims unpublished rows with `FOR UPDATE SKIP LOCKED`, leaving a row that
+a running relay took over alone for `HANDOVER_GRACE_SECONDS` (its own relay is publishing it;
+after that its process is presumed dead, and any relay publishes it). Rows committed by a
+session without a relay (tests, tools) are claimed at the next poll, or at once on `wake()`.
+
 Tracing: a row keeps the W3C context it was written in (`traceparent`, `tracestate` in its
 headers); the relay publishes it inside a PRODUCER span that is that context's child, and the
 message carries the producer span's `traceparent` (FastStream's telemetry middleware would
@@ -16,17 +26,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import uuid
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection, DeliveryMode
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from shared import telemetry
-from shared.db.models import OutboxMessage
 from shared.logging import current_context, get_logger
 from shared.messages import Message
 from shared.metrics import ServiceMetrics
@@ -50,7 +61,8 @@ def enqueue(
 
     `routing_key` overrides the message's own, e.g. to park a command in a delay queue. The
     current trace context is stored with the row (it replaces a `traceparent` in `headers`,
-    which stays only when there is no current context)."""
+    which stays only when there is no current context). The row is written by the commit
+    (just before it), in the same transaction; a rollback drops it."""
     exchange = (
         COMMANDS
         if message.TYPE in _COMMAND_TYPES
@@ -58,15 +70,16 @@ def enqueue(
         if message.TYPE in _LIVE_TYPES
         else EVENTS
     )
-    session.add(
-        OutboxMessage(
-            exchange=exchange,
-            routing_key=routing_key or message.routing_key,
-            type=message.TYPE,
-            correlation_id=message.correlation_id,
-            body=message.model_dump_json(),
-            headers=_traced(headers, message),
-        )
+    session.info.setdefault(_STAGED, []).append(
+        {
+            "message_id": uuid.uuid4(),
+            "exchange": exchange,
+            "routing_key": routing_key or message.routing_key,
+            "type": message.TYPE,
+            "correlation_id": message.correlation_id,
+            "body": message.model_dump_json(),
+            "headers": _traced(headers, message),
+        }
     )
 
 
@@ -83,11 +96,90 @@ def _traced(headers: dict[str, Any] | None, message: Message) -> dict[str, Any]:
     return stored
 
 
+RELAY_KEY = "reelflow.outbox_relay"  # in a session maker's `info`: the relay to hand rows to
+_STAGED = "reelflow.outbox.staged"  # rows enqueued in the session's current transaction
+_WRITTEN = "reelflow.outbox.written"  # rows the commit under way wrote, for the hand-over
+_HANDED = "reelflow.handed_over"  # in a stored row's headers (never sent): a relay has it
+HANDOVER_GRACE_SECONDS = 5.0
+
+_COLUMNS = "message_id, exchange, routing_key, type, correlation_id, body, headers"
 _CLAIM = text(
-    "SELECT id, message_id, exchange, routing_key, type, correlation_id, body, headers "
-    "FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED"
+    f"SELECT id, {_COLUMNS} "
+    "FROM outbox WHERE published_at IS NULL AND (headers -> 'reelflow.handed_over' IS NULL "
+    "OR created_at < now() - make_interval(secs => :grace)) "
+    "ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED"
 )
 _MARK = text("UPDATE outbox SET published_at = now() WHERE id = ANY(:ids)")
+_MARK_HANDED = text(
+    "UPDATE outbox SET published_at = now() WHERE id = ANY(:ids) AND published_at IS NULL"
+)
+_INSERTS: dict[int, Any] = {}
+
+
+def _insert(n: int) -> Any:
+    """One INSERT of `n` rows, returning their ids (statements cached by row count)."""
+    statement = _INSERTS.get(n)
+    if statement is None:
+        values = ", ".join(
+            f"(:m{i}, :e{i}, :r{i}, :t{i}, :c{i}, :b{i}, CAST(:h{i} AS jsonb), now())"
+            for i in range(n)
+        )
+        statement = _INSERTS[n] = text(
+            f"INSERT INTO outbox ({_COLUMNS}, created_at) VALUES {values} RETURNING id"
+        )
+    return statement
+
+
+def _write_staged(session: Session) -> None:
+    """`before_commit`: write the transaction's staged rows (one statement), in it."""
+    staged = session.info.pop(_STAGED, None)
+    if not staged:
+        return
+    relay = session.info.get(RELAY_KEY)
+    handing = isinstance(relay, OutboxRelay) and relay.running
+    params: dict[str, Any] = {}
+    for i, row in enumerate(staged):
+        headers = dict(row["headers"])
+        if handing:
+            headers[_HANDED] = 1
+        params.update(
+            {
+                f"m{i}": row["message_id"],
+                f"e{i}": row["exchange"],
+                f"r{i}": row["routing_key"],
+                f"t{i}": row["type"],
+                f"c{i}": row["correlation_id"],
+                f"b{i}": row["body"],
+                f"h{i}": json.dumps(headers),
+            }
+        )
+    ids = session.execute(_insert(len(staged)), params).scalars().all()
+    if handing:
+        for row, row_id in zip(staged, ids, strict=True):
+            row["id"] = row_id
+        session.info.setdefault(_WRITTEN, []).extend(staged)
+
+
+def _hand_over(session: Session) -> None:
+    """`after_commit`: the committed rows go to the relay, to be published now."""
+    written = session.info.pop(_WRITTEN, None)
+    relay = session.info.get(RELAY_KEY)
+    if written and isinstance(relay, OutboxRelay):
+        relay.hand_over(written)
+
+
+def _drop_staged(session: Session, *_: Any) -> None:
+    """Rolled back (or ended without a commit): nothing staged or written goes out."""
+    session.info.pop(_STAGED, None)
+    session.info.pop(_WRITTEN, None)
+
+
+def install_outbox_hooks() -> None:
+    """Once per process (`enqueue` needs them: without them staged rows are never written)."""
+    if not event.contains(Session, "before_commit", _write_staged):
+        event.listen(Session, "before_commit", _write_staged)
+        event.listen(Session, "after_commit", _hand_over)
+        event.listen(Session, "after_soft_rollback", _drop_staged)
 
 
 class OutboxRelay:
@@ -108,11 +200,32 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._connection: AbstractRobustConnection | None = None
         self._task: asyncio.Task[None] | None = None
+        self._pending: list[dict[str, Any]] = []  # committed rows handed over, not yet sent
+        self._handed = False  # rows were handed over since the last `wake()`
+        self._claim = True  # claim waiting rows at the next round (poll, or `wake()`)
+        self._marks: set[asyncio.Task[None]] = set()
         self.published = 0
 
     def wake(self) -> None:
-        """Call after committing outbox rows so they go out now, not at the next poll."""
+        """Call after committing outbox rows so they go out now, not at the next poll.
+
+        Rows committed through a session of this relay's maker are handed over by the commit
+        itself (and go out at once without this); otherwise the relay claims them now."""
+        if self._handed:
+            self._handed = False
+        else:
+            self._claim = True
         self._wake.set()
+
+    def hand_over(self, rows: list[dict[str, Any]]) -> None:
+        """Committed rows (with their ids), to publish now (the commit hook calls this)."""
+        self._pending.extend(rows)
+        self._handed = True
+        self._wake.set()
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
 
     async def start(self) -> None:
         self._connection = await aio_pika.connect_robust(self._amqp_url)
@@ -130,6 +243,8 @@ class OutboxRelay:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._marks:  # confirmed rows: marking them spares a republish
+            await asyncio.wait(list(self._marks), timeout=2.0)
         if self._connection:
             await self._connection.close()
 
@@ -145,36 +260,67 @@ class OutboxRelay:
     async def _run(self) -> None:
         while True:
             try:
-                while await self.drain_once():
-                    pass
+                while self._pending:
+                    await self._publish_handed()
+                if self._claim:
+                    self._claim = False
+                    while await self.drain_once():
+                        pass
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # broker or database away: keep rows, try again soon
                 log.warning("Relay failed, will retry", error=str(exc))
                 if self._metrics is not None:
                     self._metrics.publish_failures.inc()
+                self._claim = True
                 await asyncio.sleep(1.0)
-            with contextlib.suppress(TimeoutError):
+            if self._pending:
+                continue
+            try:
                 await asyncio.wait_for(self._wake.wait(), self._idle)
+            except TimeoutError:
+                self._claim = True  # the safety net: rows no running relay has in hand
             self._wake.clear()
 
+    async def _publish_handed(self) -> None:
+        """Publish handed-over rows (a batch), then mark them in the background. Rows whose
+        publishing failed stay unmarked: a relay claims them after the grace period."""
+        rows, self._pending = self._pending[: self._batch], self._pending[self._batch :]
+        await asyncio.gather(*(self._publish(row) for row in rows))
+        self._count(rows)
+        task = asyncio.create_task(self._mark([row["id"] for row in rows]))
+        self._marks.add(task)
+        task.add_done_callback(self._marks.discard)
+
+    async def _mark(self, ids: list[int]) -> None:
+        try:
+            async with self._sessions() as session, session.begin():
+                await session.execute(_MARK_HANDED, {"ids": ids})
+        except Exception as exc:  # they are published again after the grace: harmless
+            log.warning("Marking published rows failed", error=str(exc)[:300])
+
     async def drain_once(self) -> int:
-        """Publish one batch; the number published (0 when the outbox is empty)."""
+        """Publish one batch of claimed rows; the number published (0 when none is waiting)."""
         async with self._sessions() as session, session.begin():
-            rows = (await session.execute(_CLAIM, {"n": self._batch})).mappings().all()
+            args = {"n": self._batch, "grace": HANDOVER_GRACE_SECONDS}
+            rows = (await session.execute(_CLAIM, args)).mappings().all()
             if not rows:
                 return 0
             await asyncio.gather(*(self._publish(row) for row in rows))
             await session.execute(_MARK, {"ids": [r["id"] for r in rows]})
+        self._count(rows)
+        return len(rows)
+
+    def _count(self, rows: Any) -> None:
         self.published += len(rows)
         if self._metrics is not None:
             for row in rows:
                 self._metrics.published.labels(row["type"]).inc()
-        return len(rows)
 
     async def _publish(self, row: Any) -> None:
         stored = dict(row["headers"] or {})
         user_id = stored.pop(_USER, None)
+        stored.pop(_HANDED, None)
         with telemetry.tracer().start_as_current_span(
             f"publish {row['routing_key']}",
             context=telemetry.extract(stored),
@@ -220,3 +366,6 @@ def _label(span: trace.Span, row: Any, user_id: str | None) -> None:
     ):
         if body.get(key):
             span.set_attribute(attribute, str(body[key]))
+
+
+install_outbox_hooks()

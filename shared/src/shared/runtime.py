@@ -30,7 +30,7 @@ from shared.consumer import traced
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.logging import get_logger
 from shared.metrics import INFO_KEY, ServiceMetrics, install_commit_hook
-from shared.outbox import OutboxRelay
+from shared.outbox import RELAY_KEY, OutboxRelay
 from shared.settings import Settings
 from shared.topology import WorkQueue
 
@@ -59,8 +59,12 @@ class ServiceRuntime:
         metrics = ServiceMetrics(registry)
         install_commit_hook()
         engine = make_engine(settings, pool_size=pool_size)
-        sessions = make_sessionmaker(engine, info={INFO_KEY: metrics})
+        info: dict[str, Any] = {INFO_KEY: metrics}
+        sessions = make_sessionmaker(engine, info=info)
         relay = OutboxRelay(sessions, settings.amqp_url, metrics=metrics)
+        # Every session of the service hands the outbox rows it commits to the relay, which
+        # publishes them at once (`shared.outbox`): no producer has to remember `wake()`.
+        info[RELAY_KEY] = relay
         return cls(name, settings, engine, sessions, relay, registry, metrics)
 
     async def start(self) -> None:

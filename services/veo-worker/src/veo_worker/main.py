@@ -66,7 +66,13 @@ class WorkerService(ConsumerService):
         health_port: int | None,
     ) -> None:
         consumer = IdempotentConsumer(
-            WORKER_RENDER.name, RenderRequested, commands, runtime.sessions, runtime.relay
+            WORKER_RENDER.name,
+            RenderRequested,
+            commands,
+            runtime.sessions,
+            runtime.relay,
+            # A recorded job is claimed at once, not at the scheduler's next tick.
+            after_commit=lambda _: scheduler.wake(),
         )
         super().__init__(
             runtime,
