@@ -29,7 +29,7 @@ from shared.inbox import claim
 from shared.logging import get_logger, log_context
 from shared.messages import Message, UnknownMessage, parse_message
 from shared.metrics import ServiceMetrics
-from shared.outbox import OutboxRelay
+from shared.outbox import RELAY_KEY, OutboxRelay
 
 log = get_logger("CONSUMER")
 
@@ -48,12 +48,17 @@ class IdempotentConsumer(Generic[M]):
         handler: Callable[[AsyncSession, M], Awaitable[None]],
         sessions: async_sessionmaker[AsyncSession],
         relay: OutboxRelay,
+        *,
+        after_commit: Callable[[M], None] | None = None,
     ) -> None:
         self.name = name
         self.message_type = message_type
         self.handler = handler
         self.sessions = sessions
         self.relay = relay
+        # Told of each message applied, once its transaction committed (e.g. to wake a loop
+        # that picks up what the handler wrote, instead of waiting for its next tick).
+        self.after_commit = after_commit
         self.handled = 0
         self.duplicates = 0
 
@@ -74,12 +79,18 @@ class IdempotentConsumer(Generic[M]):
                             log.info("Duplicate ignored", type=raw.type)
                             return
                         await self.handler(session, parsed)
+                    # The commit handed its outbox rows to the relay of the session's maker;
+                    # any other relay is told to look (a maker without one, in tests).
+                    handed = session.info.get(RELAY_KEY) is self.relay
             except PermanentError as exc:
                 log.error("Message dead-lettered", type=raw.type, reason=str(exc))
                 await message.reject()
                 return
             self.handled += 1
-            self.relay.wake()
+            if not handed:
+                self.relay.wake()
+            if self.after_commit is not None:
+                self.after_commit(parsed)
 
     async def _parse(self, message: RabbitMessage) -> M | None:
         return await read_or_reject(message, self.message_type, self.name)
