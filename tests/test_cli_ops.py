@@ -70,7 +70,8 @@ async def test_dlq_list_show_replay(env: dict[str, str], prepared: Settings) -> 
     shown = await reelflow(env, "dlq", "show", "orchestrator.requests")
     assert shown.returncode == 0, shown.stderr
     dead = json.loads(shown.stdout.splitlines()[0])
-    assert dead["message_id"] == "poison-1" and dead["reason"] == "rejected"
+    assert dead["message_id"] == "poison-1"
+    assert dead["reason"].startswith("unreadable: ") and "json_invalid" in dead["reason"]
     assert dead["queue"] == "orchestrator.requests" and dead["body"] == "{not json"
     assert await _depth(prepared, "orchestrator.requests.dlq") == 1  # show takes nothing away
 

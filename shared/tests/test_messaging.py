@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 
@@ -121,8 +122,8 @@ async def test_consumer_applies_once_dead_letters_poison_and_gives_up_on_failure
         seen.append(message.generation_id)
 
     runtime = ServiceRuntime.build("test", prepared, pool_size=2)
-    consumer = IdempotentConsumer(
-        "test", GenerationRequested, handler, runtime.sessions, runtime.relay
+    consumer = IdempotentConsumer(  # named after its queue, as every consumer is
+        TEST_QUEUE.name, GenerationRequested, handler, runtime.sessions, runtime.relay
     )
     service = ConsumerService(runtime, [Subscription(TEST_QUEUE, consumer)])
     await service.start()
@@ -139,16 +140,31 @@ async def test_consumer_applies_once_dead_letters_poison_and_gives_up_on_failure
         after = GenerationRequested(generation_id=uuid.uuid4(), user_id=uuid.uuid4())
         await _publish(channel, after.model_dump_json().encode(), "m-after", after.TYPE)
 
+        future = {**json.loads(after.model_dump_json()), "version": 2}
+        await _publish(channel, json.dumps(future).encode(), "m-future", after.TYPE)
+
         dlq = await channel.get_queue(TEST_QUEUE.dlq)
-        dead = {(await _get(dlq, within=20)).message_id for _ in range(4)}
-        assert dead == {"m-garbage", "m-unknown", "m-fails", "m-never"}
+        dead = {m.message_id: m for m in [await _get(dlq, within=20) for _ in range(5)]}
+        assert set(dead) == {"m-garbage", "m-unknown", "m-fails", "m-never", "m-future"}
+        # Each carries why: our reason header, or the broker's x-death for a spent limit.
+        reasons = {k: (m.headers or {}).get("x-reelflow-reason", "") for k, m in dead.items()}
+        assert str(reasons["m-garbage"]).startswith("unreadable: ")
+        assert "unknown message type 'no.such.type'" in str(reasons["m-unknown"])
+        assert "version" in str(reasons["m-future"])
+        assert reasons["m-never"] == "permanent failure: cannot ever work"
+        assert reasons["m-fails"] == ""
+        assert dead["m-fails"].headers["x-death"][0]["reason"] == "delivery_limit"
+        assert {(m.headers or {}).get("x-reelflow-queue") for k, m in dead.items()} == {
+            TEST_QUEUE.name,
+            None,  # m-fails, dead-lettered by the broker
+        }
         assert seen == [good.generation_id, after.generation_id]  # once each, poison did not block
         assert consumer.duplicates == 1
         async with sessions() as session:
             ids = set(
                 (
                     await session.execute(
-                        text("SELECT message_id FROM inbox WHERE consumer = 'test'")
+                        text("SELECT message_id FROM inbox WHERE consumer = 'test.consumer'")
                     )
                 ).scalars()
             )

@@ -45,7 +45,8 @@ def _death(message: AbstractIncomingMessage) -> tuple[str, str, int]:
     deaths: Any = headers.get("x-death") or []
     first: dict[str, Any] = deaths[0] if deaths and isinstance(deaths[0], dict) else {}
     reason = str(headers.get("x-reelflow-reason") or first.get("reason") or "unknown")
-    return reason, str(first.get("queue", "?")), int(first.get("count", 1) or 1)
+    queue = headers.get("x-reelflow-queue") or first.get("queue", "?")
+    return reason, str(queue), int(first.get("count", 1) or 1)
 
 
 def _read(message: AbstractIncomingMessage) -> DeadMessage:
@@ -115,7 +116,7 @@ async def replay(
             headers = {
                 k: v
                 for k, v in (message.headers or {}).items()
-                if not k.startswith(("x-death", "x-first-death", "x-last-death"))
+                if not k.startswith(("x-death", "x-first-death", "x-last-death", "x-reelflow-"))
             }
             headers["x-reelflow-replayed"] = True
             await channel.default_exchange.publish(

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared import telemetry
 from shared.db.outage import outlast_outage
+from shared.deadletter import dead_letter
 from shared.inbox import claim
 from shared.logging import get_logger, log_context
 from shared.messages import Message, UnknownMessage, parse_message
@@ -84,7 +85,7 @@ class IdempotentConsumer(Generic[M]):
                     handed = session.info.get(RELAY_KEY) is self.relay
             except PermanentError as exc:
                 log.error("Message dead-lettered", type=raw.type, reason=str(exc))
-                await message.reject()
+                await dead_letter(message, self.name, f"permanent failure: {exc}")
                 return
             self.handled += 1
             if not handed:
@@ -113,7 +114,7 @@ async def read_or_reject(message: RabbitMessage, message_type: type[M], consumer
             )
     except (UnknownMessage, ValidationError, ValueError) as exc:
         log.error("Unreadable message dead-lettered", type=raw.type, reason=str(exc)[:500])
-        await message.reject()
+        await dead_letter(message, consumer, f"unreadable: {exc}")
         return None
     return parsed
 
