@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import Table, bindparam, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from shared import telemetry
 from shared.db.models import Generation, utcnow
@@ -64,16 +65,15 @@ async def apply_transition(
     if decision.status == Status.CONFIRMED and gen.status != Status.CONFIRMED:
         values["confirmed_at"] = now  # dates the video seconds spent (the daily quota)
     result = await session.execute(
-        update(Generation)
-        .where(Generation.id == gen.id, Generation.version == gen.version)  # type: ignore[arg-type]
-        .values(**values)
-        .execution_options(synchronize_session=False)
+        _update(tuple(values)), {**_params(values), "_id": gen.id, "_version": gen.version}
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         raise ConcurrentUpdate(str(gen.id))
     entered = gen.status_changed_at or gen.created_at
     for key, value in values.items():
-        setattr(gen, key, value)
+        # As loaded, not as changed: the row already has them, so the session's flush at
+        # commit has nothing to write again.
+        set_committed_value(gen, key, value)
     if decision.changed(before):
         _observe(session, gen, before, decision.status, (now - entered).total_seconds())
     telemetry.label(gen.id, gen.user_id)
@@ -93,6 +93,30 @@ async def apply_transition(
                 ),
             )
     return decision
+
+
+_UPDATES: dict[tuple[str, ...], Any] = {}
+
+
+def _update(columns: tuple[str, ...]) -> Any:
+    """The compare-and-set UPDATE writing `columns`, built once per set of columns (a plain
+    table statement with bound parameters: no ORM bulk-update path, nothing rebuilt per call)."""
+    statement = _UPDATES.get(columns)
+    if statement is None:
+        table: Table = Generation.__table__  # type: ignore[attr-defined]
+        statement = _UPDATES[columns] = (
+            update(table)
+            .where(
+                table.c.id == bindparam("_id", type_=table.c.id.type),
+                table.c.version == bindparam("_version", type_=table.c.version.type),
+            )
+            .values({name: bindparam(f"v_{name}", type_=table.c[name].type) for name in columns})
+        )
+    return statement
+
+
+def _params(values: dict[str, Any]) -> dict[str, Any]:
+    return {f"v_{name}": value for name, value in values.items()}
 
 
 def _observe(
