@@ -1,5 +1,6 @@
 """Chaos: many generations while, in turn, services are killed -9, RabbitMQ and PostgreSQL are
-restarted and the webhook receiver goes down; then the guarantees are checked.
+restarted and the webhook receiver goes down, with poison messages in every work queue and Veo
+answered by the fake Gemini API in a process of its own; then the guarantees are checked.
 
 `python -m tests.faults.chaos --generations 200` is the long run (`make chaos`); the test suite
 runs the same scenario small (tests/faults/test_chaos.py).
@@ -26,6 +27,7 @@ from shared.topology import WORK_QUEUES
 from sqlalchemy import text
 
 from reelflow import dlq
+from tests.fakes.fake_veo import FakeVeoProcess
 from tests.faults.cluster import Cluster, cluster
 
 DETAILED = "A red fox running through fresh snow at dawn, cinematic tracking shot"
@@ -182,6 +184,67 @@ async def inject_faults(
     await fault("PostgreSQL restarted", postgres_restart)
 
 
+VEO_KEY = "chaos-gemini-key"
+# What each work queue carries, for a poison message that is its type from a future schema.
+QUEUE_TYPES = {
+    "orchestrator.requests": "generation.requested",
+    "orchestrator.confirmations": "generation.lifecycle",
+    "orchestrator.reports": "render.reported",
+    "worker.render": "render.requested",
+    "notifier.events": "generation.lifecycle",
+    "notifier.deliveries": "webhook.delivery_requested",
+}
+POISON = {  # message id suffix: (type, body)
+    "unparseable": (None, b"{not json"),
+    "unknown-type": ("no.such.type", b"{}"),
+    "future-schema": (None, b'{"version": 2}'),
+}
+
+
+async def inject_poison(c: Cluster) -> int:
+    """Three poison messages straight into each work queue, before the traffic: each must end
+    in the queue's DLQ with its reason while the queue goes on flowing."""
+    connection = await aio_pika.connect(c.rabbit.url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        for queue in WORK_QUEUES:
+            for kind, (type_, body) in POISON.items():
+                await channel.default_exchange.publish(
+                    aio_pika.Message(
+                        body,
+                        message_id=f"poison-{queue.name}-{kind}",
+                        type=type_ or QUEUE_TYPES[queue.name],
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    ),
+                    routing_key=queue.name,
+                    mandatory=True,
+                )
+    return len(WORK_QUEUES) * len(POISON)
+
+
+def veo_env(veo: FakeVeoProcess) -> dict[str, str]:
+    """The worker renders with Veo, answered by the fake Gemini API in a process of its own, so
+    a kill -9 lands while operations are pending and every paid submission is counted there."""
+    return {
+        "VIDEO_PROVIDER": "veo",
+        "GEMINI_API_KEY": VEO_KEY,
+        "GOOGLE_GEMINI_BASE_URL": veo.base_url,
+        "VEO_POLL_INTERVAL_SECONDS": "0.5",
+        "VEO_POLL_MAX_INTERVAL_SECONDS": "1",
+        "VEO_SUBMISSIONS_PER_MINUTE": "10000",
+        "WORKER_LEASE_SECONDS": "3",
+    }
+
+
+async def check_veo(veo: FakeVeoProcess, ids: list[str], report: Report) -> None:
+    stats = await veo.stats(operations=False)
+    report.checks["veo_submissions"] = stats["submissions"]
+    report.checks["veo_submit_attempts"] = stats["submit_attempts"]
+    report.checks["veo_downloads"] = stats["downloads"]
+    # Every generation here is confirmed, so each is paid for exactly once.
+    report.checks["ok_veo_paid_once_per_generation"] = stats["submissions"] == len(ids)
+
+
 async def check(
     c: Cluster, ids: list[str], driver: Driver, report: Report, settle_seconds: float
 ) -> None:
@@ -286,13 +349,31 @@ async def check(
             declared = await channel.declare_queue(q.dlq, passive=True)
             dead[q.dlq] = int(declared.declaration_result.message_count or 0)
     report.checks["dlq_depths"] = {k: v for k, v in dead.items() if v}
-    report.checks["dead_messages"] = [
-        m.summary()
+    shown = {
+        name: await dlq.show(c.rabbit.url, name, limit=depth + 1)
         for name, depth in dead.items()
         if depth
-        for m in await dlq.show(c.rabbit.url, name, limit=5)
+    }
+    poison = {
+        str(m.message_id): m
+        for found in shown.values()
+        for m in found
+        if str(m.message_id).startswith("poison-")
+    }
+    report.checks["dead_messages_not_injected"] = [
+        m.summary()
+        for found in shown.values()
+        for m in found
+        if not str(m.message_id).startswith("poison-")
     ]
-    report.checks["ok_dlqs_empty"] = not any(dead.values())
+    report.checks["poison_reasons"] = {k: m.reason[:80] for k, m in sorted(poison.items())}
+    expected = {f"poison-{q.name}-{kind}": q.name for q in WORK_QUEUES for kind in POISON}
+    report.checks["ok_poison_dead_lettered_with_reason"] = all(
+        k in poison and poison[k].reason.startswith("unreadable: ") and poison[k].died_in == q
+        for k, q in expected.items()
+    )
+    unexpected = report.checks["dead_messages_not_injected"]
+    report.checks["ok_nothing_else_dead"] = sum(dead.values()) == len(expected) and not unexpected
 
 
 async def run(
@@ -302,13 +383,18 @@ async def run(
     pause: float = 3,
     settle_seconds: float = 300,
     interval: float = 1.0,
+    veo_seconds: float = 5,
 ) -> Report:
     report = Report(generations)
     started = time.monotonic()
-    async with cluster(logs) as c:
+    async with (
+        FakeVeoProcess(api_key=VEO_KEY, scenario=f"slow seconds={veo_seconds:g}") as veo,
+        cluster(logs, veo_env(veo)) as c,
+    ):
         key = await c.new_user()
         driver = Driver(c.api_url, key)
         conversations = await _conversations(c, key, generations * 4)
+        report.checks["poison_injected"] = await inject_poison(c)
 
         async def one(n: int) -> str:
             make = driver.auto_confirmed if n % 2 == 0 else driver.clarified
@@ -324,6 +410,7 @@ async def run(
         ids = list(await asyncio.gather(*tasks))
         await faults
         await check(c, ids, driver, report, settle_seconds)
+        await check_veo(veo, ids, report)
         await driver.http.aclose()
     report.seconds = round(time.monotonic() - started, 1)
     return report
