@@ -203,7 +203,8 @@ class OutboxRelay:
         self._pending: list[dict[str, Any]] = []  # committed rows handed over, not yet sent
         self._handed = False  # rows were handed over since the last `wake()`
         self._claim = True  # claim waiting rows at the next round (poll, or `wake()`)
-        self._marks: set[asyncio.Task[None]] = set()
+        self._unmarked: list[int] = []  # published (confirmed) handed-over rows to mark
+        self._marker: asyncio.Task[None] | None = None
         self.published = 0
 
     def wake(self) -> None:
@@ -243,8 +244,8 @@ class OutboxRelay:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._marks:  # confirmed rows: marking them spares a republish
-            await asyncio.wait(list(self._marks), timeout=2.0)
+        if self._marker is not None:  # confirmed rows: marking them spares a republish
+            await asyncio.wait([self._marker], timeout=2.0)
         if self._connection:
             await self._connection.close()
 
@@ -288,16 +289,20 @@ class OutboxRelay:
         rows, self._pending = self._pending[: self._batch], self._pending[self._batch :]
         await asyncio.gather(*(self._publish(row) for row in rows))
         self._count(rows)
-        task = asyncio.create_task(self._mark([row["id"] for row in rows]))
-        self._marks.add(task)
-        task.add_done_callback(self._marks.discard)
+        self._unmarked.extend(row["id"] for row in rows)
+        if self._marker is None or self._marker.done():
+            self._marker = asyncio.create_task(self._mark(), name="outbox-marks")
 
-    async def _mark(self, ids: list[int]) -> None:
-        try:
-            async with self._sessions() as session, session.begin():
-                await session.execute(_MARK_HANDED, {"ids": ids})
-        except Exception as exc:  # they are published again after the grace: harmless
-            log.warning("Marking published rows failed", error=str(exc)[:300])
+    async def _mark(self) -> None:
+        """Mark published rows, all that were confirmed meanwhile in one statement: at most
+        one marking transaction at a time, however many batches go out."""
+        while self._unmarked:
+            ids, self._unmarked = self._unmarked, []
+            try:
+                async with self._sessions() as session, session.begin():
+                    await session.execute(_MARK_HANDED, {"ids": ids})
+            except Exception as exc:  # they are published again after the grace: harmless
+                log.warning("Marking published rows failed", error=str(exc)[:300])
 
     async def drain_once(self) -> int:
         """Publish one batch of claimed rows; the number published (0 when none is waiting)."""

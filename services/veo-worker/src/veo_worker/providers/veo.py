@@ -146,6 +146,9 @@ class VeoClient:
                 async with self.http.stream("GET", url, headers=headers) as response:
                     if response.is_redirect and "location" in response.headers:
                         url = urljoin(url, response.headers["location"])
+                        # Read to its end (it is short), so the connection goes back to the
+                        # pool instead of being closed with a body still unread.
+                        await response.aread()
                         continue
                     http_status(span, response.status_code)
                     if response.status_code in (404, 410):
