@@ -150,13 +150,43 @@ async def _conversations(c: Cluster, user_key: str, count: int) -> list[str]:
         await engine.dispose()
 
 
+async def in_flight(c: Cluster, veo: FakeVeoProcess) -> dict[str, int]:
+    """What a fault is about to hit: generations not yet terminal, by status, and Veo
+    operations submitted and not yet done."""
+    engine = make_engine(c.settings, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT status, count(*) FROM generations WHERE status NOT IN "
+                        "('completed', 'failed', 'cancelled') GROUP BY status"
+                    )
+                )
+            ).all()
+            pending_deliveries = await conn.scalar(
+                text("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")
+            )
+    finally:
+        await engine.dispose()
+    stats = await veo.stats(operations=False)
+    return {
+        **{f"generations_{status}": int(n) for status, n in rows},
+        "veo_operations_pending": int(stats["submissions"] - stats["operations_done"]),
+        "webhook_deliveries_pending": int(pending_deliveries or 0),
+    }
+
+
 async def inject_faults(
-    c: Cluster, report: Report, receiver_down_seconds: float, pause: float
+    c: Cluster, veo: FakeVeoProcess, report: Report, receiver_down_seconds: float, pause: float
 ) -> None:
     async def fault(name: str, action: Any) -> None:
+        hit = await in_flight(c, veo)
         started = time.monotonic()
         await action()
-        report.faults.append({"fault": name, "seconds": round(time.monotonic() - started, 1)})
+        report.faults.append(
+            {"fault": name, "seconds": round(time.monotonic() - started, 1), "in_flight": hit}
+        )
         await asyncio.sleep(pause)
 
     async def receiver_outage() -> None:
@@ -234,6 +264,25 @@ def veo_env(veo: FakeVeoProcess) -> dict[str, str]:
         "VEO_SUBMISSIONS_PER_MINUTE": "10000",
         "WORKER_LEASE_SECONDS": "3",
     }
+
+
+RECOVERY_LINES = {  # log line: what it shows
+    "Duplicate ignored": "a redelivered message applied once (inbox)",
+    "Database unavailable, retrying": "a handler waiting out the PostgreSQL restart",
+    "Handling failed, message requeued": "a message handed back for redelivery",
+    "Relay failed, will retry": "outbox rows waiting while RabbitMQ was down",
+    "Webhook failed, will retry": "a webhook attempt failed and scheduled again",
+}
+
+
+def recovery_counts(logs: Path) -> dict[str, dict[str, int]]:
+    """How often each service logged each recovery step, from its log file."""
+    counts: dict[str, dict[str, int]] = {}
+    for path in sorted(logs.glob("*.log")):
+        text_ = path.read_text(errors="replace")
+        found = {line: text_.count(f"] {line}") for line in RECOVERY_LINES}
+        counts[path.stem] = {k: v for k, v in found.items() if v}
+    return counts
 
 
 async def check_veo(veo: FakeVeoProcess, ids: list[str], report: Report) -> None:
@@ -321,6 +370,10 @@ async def check(
                 await scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 0
             )
             report.checks["render_jobs"] = await scalar("SELECT count(*) FROM render_jobs")
+            # Taken over by the restarted worker after the kill (its lease ran out).
+            report.checks["render_jobs_taken_over"] = await scalar(
+                "SELECT count(*) FROM render_jobs WHERE attempts > 1"
+            )
             report.checks["ok_one_render_per_generation"] = await scalar(
                 "SELECT count(DISTINCT generation_id) FROM render_jobs"
             ) == len(ids)
@@ -400,7 +453,7 @@ async def run(
             make = driver.auto_confirmed if n % 2 == 0 else driver.clarified
             return await make(conversations[n % len(conversations)], n)
 
-        faults = asyncio.create_task(inject_faults(c, report, receiver_down_seconds, pause))
+        faults = asyncio.create_task(inject_faults(c, veo, report, receiver_down_seconds, pause))
         # A steady trickle for as long as the faults last (at least `generations` of them),
         # so every fault lands while work is in every stage.
         tasks = []
@@ -411,6 +464,7 @@ async def run(
         await faults
         await check(c, ids, driver, report, settle_seconds)
         await check_veo(veo, ids, report)
+        report.checks["recovery_seen_in_logs"] = recovery_counts(logs)
         await driver.http.aclose()
     report.seconds = round(time.monotonic() - started, 1)
     return report
