@@ -157,6 +157,20 @@ _LOOK = text(
     """
 )
 
+# A job's end: its status, or `cancelled` when its generation ended meanwhile (then no report
+# is written and `error` is left as it was), with the lease given up.
+_FINISH = text(
+    """
+    UPDATE render_jobs j SET
+        status = CASE WHEN g.status = ANY(:ended) THEN 'cancelled' ELSE :status END,
+        error = CASE WHEN g.status = ANY(:ended) THEN j.error ELSE CAST(:error AS jsonb) END,
+        lease_owner = NULL, lease_until = NULL, next_poll_at = NULL, updated_at = now()
+    FROM generations g
+    WHERE j.generation_id = :id AND j.lease_owner = :me AND g.id = j.generation_id
+    RETURNING g.status AS generation_status
+    """
+)
+
 _NEW_WINDOW = text("INSERT INTO submit_windows (name) VALUES (:n) ON CONFLICT DO NOTHING")
 _WINDOW = text(
     "SELECT now() AS now, stamps, paused_until FROM submit_windows WHERE name = :n FOR UPDATE"
@@ -398,12 +412,12 @@ class JobStore:
     async def progress(self, job: Job, progress: Progress, **values: Any) -> bool:
         """Report progress (with any column changes); False if the generation has ended."""
         async with self._transaction() as session:
-            status = await _generation_status(session, job.generation_id)
+            # One statement: the job's columns, and the generation's status read with them
+            # (an ended generation gets no report; its job is cancelled by the caller).
+            status = await self._set(session, job, generation_status=True, **values)
             if status is None or status.is_terminal:
                 return False
-            await self._set(session, job, **values)
             _report(session, job.generation_id, "progress", progress=progress)
-        self.relay.wake()
         return True
 
     async def succeed(self, job: Job, result: RenderResult) -> bool:
@@ -427,29 +441,36 @@ class JobStore:
         error: ErrorInfo | None = None,
     ) -> bool:
         async with self._transaction() as session:
-            generation = await _generation_status(session, job.generation_id)
-            done = dict(lease_owner=None, lease_until=None, next_poll_at=None)
-            if generation is None or generation.is_terminal:  # cancelled meanwhile
-                await self._set(session, job, status=CANCELLED, **done)
+            # One statement: `status`, or `cancelled` if the generation ended meanwhile.
+            row = (
+                await session.execute(
+                    _FINISH,
+                    {
+                        "status": status,
+                        "error": json.dumps(error.model_dump()) if error else None,
+                        "ended": list(TERMINAL_GENERATION),
+                        "id": job.generation_id,
+                        "me": self.owner,
+                    },
+                )
+            ).one_or_none()
+            if row is None:
+                raise LeaseLost(str(job.generation_id))
+            if row.generation_status in TERMINAL_GENERATION:  # cancelled meanwhile
                 log.info("Job cancelled", instead_of=status)
                 return False
-            await self._set(
-                session,
-                job,
-                status=status,
-                error=error.model_dump() if error else None,
-                **done,
-            )
             if result is not None:
                 _report(session, job.generation_id, "succeeded", result=result)
             else:
                 _report(session, job.generation_id, "failed", error=error)
-        self.relay.wake()
         log.info("Job finished", status=status)
         return True
 
-    async def _set(self, session: AsyncSession, job: Job, **values: Any) -> None:
-        """Update the job's row if this process still holds its lease, else `LeaseLost`."""
+    async def _set(
+        self, session: AsyncSession, job: Job, *, generation_status: bool = False, **values: Any
+    ) -> Status | None:
+        """Update the job's row if this process still holds its lease, else `LeaseLost`; with
+        `generation_status`, the generation's status, read by the same statement."""
         params: dict[str, Any] = {"id": job.generation_id, "me": self.owner}
         assignments = ["updated_at = now()"]
         for column, value in values.items():
@@ -459,6 +480,20 @@ class JobStore:
             else:
                 assignments.append(f"{column} = :{column}")
                 params[column] = value
+        if generation_status:
+            row = (
+                await session.execute(
+                    text(
+                        f"UPDATE render_jobs j SET {', '.join(assignments)} FROM generations g "
+                        "WHERE j.generation_id = :id AND j.lease_owner = :me "
+                        "AND g.id = j.generation_id RETURNING g.status"
+                    ),
+                    params,
+                )
+            ).one_or_none()
+            if row is None:
+                raise LeaseLost(str(job.generation_id))
+            return Status(row.status)
         result = await session.execute(
             text(
                 f"UPDATE render_jobs SET {', '.join(assignments)} "
@@ -468,6 +503,7 @@ class JobStore:
         )
         if not result.rowcount:  # type: ignore[attr-defined]
             raise LeaseLost(str(job.generation_id))
+        return None
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncSession]:
