@@ -79,6 +79,34 @@ async def test_relay_publishes_committed_rows_persistent_and_marks_them(
         await runtime.close()
 
 
+async def test_a_commit_through_the_services_sessions_hands_its_rows_to_the_relay(
+    prepared: Settings, channel: AbstractChannel
+) -> None:
+    """No `wake()`: the commit itself hands the row over; it goes out and is marked, with
+    nothing of the hand-over's bookkeeping in the message's headers."""
+    runtime = ServiceRuntime.build("test", prepared, pool_size=2)
+    await runtime.start()
+    try:
+        tap = await _tap(channel, "generation.requested")
+        message = GenerationRequested(generation_id=uuid.uuid4(), user_id=uuid.uuid4())
+        async with runtime.sessions() as session, session.begin():
+            enqueue(session, message)
+        got = await _get(tap, within=5)
+        assert got.message_id is not None
+        assert not any(k.startswith("reelflow.") for k in got.headers or {})
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            async with runtime.sessions() as session:
+                row = (await session.execute(select(OutboxMessage))).scalars().one()
+            if row.published_at is not None or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        assert row.published_at is not None and str(row.message_id) == got.message_id
+        assert runtime.relay.published == 1  # once: the poll left the handed-over row alone
+    finally:
+        await runtime.close()
+
+
 async def test_rolled_back_transaction_publishes_nothing(prepared: Settings, sessions) -> None:
     async def failing(session: AsyncSession) -> None:
         enqueue(session, GenerationRequested(generation_id=uuid.uuid4(), user_id=uuid.uuid4()))
