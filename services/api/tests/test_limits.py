@@ -15,6 +15,9 @@ from typing import Any
 import httpx
 import pytest
 from api.app import create_app
+from api.problems import Problem
+from api.ratelimit import RateLimiter
+from shared.auth import hash_api_key
 from shared.settings import Settings
 
 from .conftest import ADMIN_HEADERS, asgi_client, assert_problem
@@ -118,6 +121,30 @@ async def test_a_flood_from_one_key_does_not_starve_another(
         # The burst, plus whatever refilled during the flood: a small share of 10,000.
         assert flood_statuses.count(200) < 50 + 1000
         assert len(calm) >= 10 and calm == [200] * len(calm), calm
+
+
+async def test_leases_cost_one_write_per_batch_and_the_shared_bucket_still_holds(
+    prepared: Settings, clean_db: None
+) -> None:
+    """Two instances lease 4 tokens at a time from one shared bucket of 10: between them they
+    never pass more than 10, with a database round trip per lease, not per request."""
+    app = create_app(prepared)
+    async with app.router.lifespan_context(app), asgi_client(app) as client:
+        user = await new_user(client, "leases")
+        key = user["Authorization"].removeprefix("Bearer ")
+        pool = app.state.pg
+        key_id = await pool.fetchval("SELECT id FROM api_keys WHERE sha256 = $1", hash_api_key(key))
+        one, two = (RateLimiter(0.001, 10, lease=4) for _ in range(2))
+        passed = 0
+        for i in range(30):
+            try:
+                await (one, two)[i % 2].take(pool, hash_api_key(key), key_id)
+                passed += 1
+            except Problem as exc:
+                assert exc.status == 429 and int(exc.headers["Retry-After"]) >= 1
+        assert passed == 10
+        # 4 + 4 + 2 (what was left), then one refusal each (remembered: no more round trips).
+        assert one.leases + two.leases == 5
 
 
 # --- quotas ------------------------------------------------------------------------------

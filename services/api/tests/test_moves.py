@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from api import fastpath
 from api.app import create_app
 from pydantic import SecretStr
 from shared.domain.clarifier import ASPECT, DETAIL, DURATION
@@ -262,6 +263,48 @@ async def test_etag_and_if_none_match(
     changed = await client.get(url, headers={**user["headers"], "If-None-Match": tag})
     assert changed.status_code == 200 and changed.headers["etag"] != tag
     assert changed.json()["status"] == "cancelled"
+
+
+async def test_the_status_read_fast_path_answers_as_the_route_does(
+    client: httpx.AsyncClient,
+    user: dict[str, Any],
+    create: Create,
+    make_user: Callable[[str], Awaitable[dict[str, Any]]],
+    problem: Problem,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`api.fastpath` serves the canonical id; the same id in its hyphenless spelling goes to
+    the FastAPI route: both answer alike, and a revoked key stops at once on either."""
+    served: list[str] = []
+    original = fastpath.caller_and_generation
+
+    async def counted(*args: Any) -> Any:
+        served.append(str(args[3]))
+        return await original(*args)
+
+    monkeypatch.setattr(fastpath, "caller_and_generation", counted)
+    gen = await create("a fox")
+    fast, routed = f"/v1/generations/{gen['id']}", f"/v1/generations/{gen['id'].replace('-', '')}"
+    answers = [await client.get(url, headers=user["headers"]) for url in (fast, routed)]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert served == [gen["id"]]  # the fast path served the first, the route the second
+    assert answers[0].content == answers[1].content
+    for name in ("etag", "cache-control", "content-type", "content-length"):
+        assert answers[0].headers[name] == answers[1].headers[name], name
+    tag = {"If-None-Match": answers[0].headers["etag"]}
+    for url in (fast, routed):
+        again = await client.get(url, headers={**user["headers"], **tag})
+        assert again.status_code == 304 and again.headers["etag"] == tag["If-None-Match"]
+    bob = await make_user("bob")
+    for url in (fast, routed):
+        problem(await client.get(url, headers=bob["headers"]), 404)  # not bob's
+        problem(await client.get(url, headers={"Authorization": "Bearer rf_live_nope"}), 401)
+        problem(await client.get(url), 401)
+    [key] = (await client.get("/v1/api-keys", headers=user["headers"])).json()["items"]
+    revoked = await client.delete(f"/v1/api-keys/{key['id']}", headers=user["headers"])
+    assert revoked.status_code == 204
+    for url in (fast, routed):
+        problem(await client.get(url, headers=user["headers"]), 401)
 
 
 RESULT = {

@@ -16,6 +16,7 @@ from shared.settings import Settings
 from starlette.middleware import Middleware
 
 from api import problems
+from api.fastpath import StatusReads
 from api.metrics import install_runtime_metrics
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from api.openapi_doc import complete_openapi
@@ -81,6 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
         middleware=[
             Middleware(RequestContextMiddleware),
             Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+            Middleware(StatusReads),  # GET /v1/generations/{id} without FastAPI's machinery
         ],
     )
     app.state.settings = settings

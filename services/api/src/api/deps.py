@@ -16,6 +16,7 @@ from shared.media import Storage
 from shared.runtime import ServiceRuntime
 from shared.settings import Settings
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.datastructures import State
 
 from api.problems import Problem
 from api.ratelimit import RateLimiter
@@ -66,22 +67,30 @@ def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
     return credentials.credentials
 
 
-async def caller_of(request: Request, token: str) -> Caller:
+async def authorize(state: State, token: str) -> Caller:
     """The caller, by a live API key, within its key's rate limit: one indexed query on the raw
-    pool (the key is looked up on every request, so a revoked key stops at once), a token
-    spent from this instance's lease of the key's shared bucket (`api.ratelimit`: a database
-    write per lease, not per request), `last_used_at` written at most once a minute."""
-    state = request.app.state
-    limiter: RateLimiter = state.rate_limiter
+    pool (the key is looked up on every request, so a revoked key stops at once), then
+    `admit`."""
     digest = hash_api_key(token)
-    limiter.check_local(digest)  # a flooding key stops here, before the database
-    pool: asyncpg.Pool = state.pg
-    caller = await find_caller(pool, token, digest)
+    state.rate_limiter.check_local(digest)  # a flooding key stops here, before the database
+    return await admit(state, digest, await find_caller(state.pg, token, digest))
+
+
+async def admit(state: State, digest: str, caller: Caller | None) -> Caller:
+    """401 for no live key; else a token spent from this instance's lease of the key's shared
+    bucket (`api.ratelimit`: a database write per lease, not per request) or 429, and
+    `last_used_at` written at most once a minute."""
     if caller is None:
         log.warning("Invalid API key")
         raise Problem(401, "the API key is not valid", headers=_INVALID)
-    await limiter.take(pool, digest, caller.key_id)
-    await record_use(pool, caller)
+    limiter: RateLimiter = state.rate_limiter
+    await limiter.take(state.pg, digest, caller.key_id)
+    await record_use(state.pg, caller)
+    return caller
+
+
+async def caller_of(request: Request, token: str) -> Caller:
+    caller = await authorize(request.app.state, token)
     request.state.api_key_id = caller.key_id
     return caller
 

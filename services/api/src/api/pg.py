@@ -21,6 +21,13 @@ async def _setup(conn: Any) -> None:
         await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: Any) -> None:
+    """On release, asyncpg by default resets the session (`RESET ALL`, `CLOSE ALL`, `UNLISTEN`,
+    advisory unlocks): a round trip per query on this pool. Its queries leave no session state
+    (no SET, LISTEN, cursor or lock), so nothing needs resetting; an open transaction is still
+    rolled back (asyncpg does that before calling this)."""
+
+
 def dsn(settings: Settings) -> str:
     url = settings.database_url
     for prefix in ("postgresql+asyncpg://", "postgres://"):
@@ -32,4 +39,6 @@ def dsn(settings: Settings) -> str:
 async def open_pool(settings: Settings, *, size: int = POOL_SIZE) -> asyncpg.Pool:
     """Connections are made when first needed: the API starts (and says it is not ready)
     while the database is down."""
-    return await asyncpg.create_pool(dsn(settings), min_size=0, max_size=size, init=_setup)
+    return await asyncpg.create_pool(
+        dsn(settings), min_size=0, max_size=size, init=_setup, reset=_keep_session
+    )

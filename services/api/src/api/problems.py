@@ -140,6 +140,10 @@ def validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
 
 async def _on_problem(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, Problem)
+    return problem_of(exc)
+
+
+def problem_of(exc: Problem) -> Response:
     return problem_response(
         exc.status,
         exc.detail,

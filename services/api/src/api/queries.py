@@ -8,7 +8,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from shared.api_keys import Queries
+from shared.api_keys import Caller, Queries
+from shared.auth import could_be_api_key
 from shared.db.models import Conversation, Generation
 from shared.state_machine import Status
 from sqlalchemy import select, text, tuple_
@@ -71,6 +72,28 @@ async def owned_generation_row(
     if record is None:
         raise not_found("generation")
     return GenerationRow(*record)
+
+
+_CALLER_AND_ROW = (
+    "SELECT k.id, k.user_id, k.last_used_at, "
+    + ", ".join(f"g.{c}" for c in GenerationRow.__dataclass_fields__)
+    + " FROM api_keys k LEFT JOIN generations g ON g.id = $2 AND g.user_id = k.user_id"
+    " WHERE k.sha256 = $1 AND k.revoked_at IS NULL"
+)
+
+
+async def caller_and_generation(
+    pg: Queries, token: str, digest: str, generation_id: uuid.UUID
+) -> tuple[Caller | None, GenerationRow | None]:
+    """`find_caller` and `owned_generation_row` in one round trip (the status read's only
+    query): (None, None) for no live key; (caller, None) when the generation is not theirs."""
+    if not could_be_api_key(token):
+        return None, None
+    record = await pg.fetchrow(_CALLER_AND_ROW, digest, generation_id)
+    if record is None:
+        return None, None
+    caller = Caller(record[1], record[0], record[2])
+    return caller, GenerationRow(*record[3:]) if record[3] is not None else None
 
 
 async def ensure_conversation(

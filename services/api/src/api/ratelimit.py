@@ -80,11 +80,15 @@ class _Key:
 
 
 class RateLimiter:
-    def __init__(self, rate: float, burst: int, max_keys: int = MAX_LOCAL_KEYS) -> None:
+    def __init__(
+        self, rate: float, burst: int, max_keys: int = MAX_LOCAL_KEYS, lease: int | None = None
+    ) -> None:
         self.rate = rate
         self.burst = burst
         self.enabled = rate > 0
-        self.lease = max(1, min(math.ceil(rate * LEASE_SECONDS), int(burst * LEASE_SHARE_OF_BURST)))
+        self.lease = lease or max(
+            1, min(math.ceil(rate * LEASE_SECONDS), int(burst * LEASE_SHARE_OF_BURST))
+        )
         self.max_keys = max_keys
         self._keys: OrderedDict[str, _Key] = OrderedDict()  # by the key's SHA-256
         self.leases = 0  # database round trips taken, for tests and metrics

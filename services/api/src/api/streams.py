@@ -20,6 +20,7 @@ written): clients keep messages by `id` and ignore one they already have.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
@@ -47,6 +48,7 @@ HEARTBEAT = b": heartbeat\n\n"
 HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
 RESUME_MARGIN = timedelta(seconds=30)
 MEDIA_TYPE = "text/event-stream"
+OPENING_SECONDS = 5.0
 
 
 def frame(event: str, data: str, event_id: str | None = None) -> bytes:
@@ -85,7 +87,26 @@ class SharedFrames:
     def __init__(self, size: int = 64) -> None:
         self.size = size
         self._frames: dict[tuple[int, bool, bool], tuple[LifecycleEvent, bytes]] = {}
+        self._openings: dict[tuple[uuid.UUID, int, datetime], tuple[float, bytes]] = {}
         self.rendered = 0
+
+    async def opening(self, gen: GenerationRow, pg: Queries, storage: Storage) -> bytes:
+        """A generation stream's first frame: the current state, named by the event that led
+        to it. Streams opened on the same state (same version, same `updated_at`) within
+        `OPENING_SECONDS` share it (the signed links inside stay valid far longer)."""
+        key = (gen.id, gen.version, gen.updated_at)
+        now = time.monotonic()
+        hit = self._openings.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        name = await event_at(pg, gen)
+        body = await generation_out(gen, storage)
+        data = frame(name, body.model_dump_json(), str(gen.version))
+        self.rendered += 1
+        if len(self._openings) >= self.size:
+            del self._openings[next(iter(self._openings))]  # the oldest
+        self._openings[key] = (now + OPENING_SECONDS, data)
+        return data
 
     async def lifecycle(
         self, event: LifecycleEvent, auto_confirm: bool, storage: Storage, *, with_id: bool
@@ -165,7 +186,10 @@ class GenerationStream:
     async def _opening(self) -> bytes:
         """The current state, named by the event that led to it."""
         gen = self.generation
-        return await self._state(await event_at(self.deps.pg, gen), gen)
+        data = await self.deps.frames.opening(gen, self.deps.pg, self.deps.storage)
+        self.sent = gen.version
+        self.done = Status(gen.status).is_terminal
+        return data
 
     async def _catch_up(self) -> AsyncIterator[bytes]:
         """Everything after `sent`, from the outbox record; the current state if the record

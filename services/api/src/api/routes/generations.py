@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 from shared.domain.quotas import Limits
 from shared.logging import get_logger, log_context
+from shared.media import Storage
 from shared.state_machine import Status
 
 from api.creation import create_generation
@@ -17,6 +18,7 @@ from api.moves import Plan, answers_plan, cancel_plan, confirm_plan, move
 from api.pagination import decode_cursor, encode_cursor
 from api.problems import responses
 from api.queries import (
+    GenerationRow,
     ensure_conversation,
     owned_generation_row,
     page_of_generations,
@@ -127,9 +129,17 @@ async def read(
     storage: AppStorage,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    # The hot read: one query on the raw pool (`api.pg`), the body serialised once, as FastAPI
-    # would have for the response model (`model_dump_json(by_alias=True)`).
+    # Served by `api.fastpath.StatusReads` in the plain case (a bearer key, a canonical id),
+    # with the same functions; here for the rest, and for the OpenAPI document.
     gen = await owned_generation_row(pg, user.id, generation_id)
+    return await status_response(gen, if_none_match, storage)
+
+
+async def status_response(
+    gen: GenerationRow, if_none_match: str | None, storage: Storage
+) -> Response:
+    """One query on the raw pool read `gen` (`api.pg`); the body is serialised once, as FastAPI
+    would have for the response model (`model_dump_json(by_alias=True)`)."""
     tag = etag(gen)
     headers = {"ETag": tag, "Cache-Control": "private, no-cache"}
     with log_context(generation_id=str(gen.id)):
