@@ -209,8 +209,10 @@ async def test_a_burst_queues_behind_the_global_cap_shared_by_two_workers(
             for r in reports.of(c.generation_id)
             if r.kind == "started" and r.progress
         )
-        # The fifth was recorded while at least three waited: a burst sees its place.
-        assert len(positions) == 5 and min(positions) >= 1 and positions[-1] >= 3
+        # A burst sees its place. Two workers record at once, each transaction counting only
+        # the queued jobs already committed, so the last one in sees at least one job ahead
+        # (how many more depends on how the two interleave).
+        assert len(positions) == 5 and min(positions) >= 1 and positions[-1] >= 2
 
         async def all_done() -> bool:
             await rows.reset_window()  # a minute passes, again and again
