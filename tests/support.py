@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 ADMIN_KEY = "test-admin-key"
 
@@ -19,3 +26,39 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def eventually(check: Callable[[], Any], *, within: float = 60, every: float = 0.05) -> Any:
+    """Poll `check` (sync or async) until it returns something truthy (an AssertionError inside
+    counts as "not yet"); fail with its last value or error after `within` seconds."""
+    deadline = time.monotonic() + within
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if inspect.isawaitable(value):
+                value = await value
+            if value:
+                return value
+            last = value
+        except AssertionError as exc:
+            last = exc
+        await asyncio.sleep(every)
+    raise AssertionError(f"condition not met within {within}s; last: {last!r}")
+
+
+async def record_bound(
+    channel: AbstractChannel, exchange: str, *keys: str
+) -> list[AbstractIncomingMessage]:
+    """Every message routed from `exchange` under `keys`, in arrival order, through an
+    exclusive queue of the test's own (a tap on the real broker)."""
+    seen: list[AbstractIncomingMessage] = []
+    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+    for key in keys:
+        await queue.bind(exchange, routing_key=key)
+
+    async def record(message: AbstractIncomingMessage) -> None:
+        seen.append(message)
+
+    await queue.consume(record, no_ack=True)
+    return seen

@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +17,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from tests.support import eventually
+
+__all__ = ["eventually"]  # re-exported: the e2e tests import it from here
 
 
 @dataclass
@@ -84,24 +87,6 @@ async def running_pipeline(settings: Settings, *, worker: bool = True) -> AsyncI
     finally:
         for service in reversed(started):
             await service.stop()
-
-
-async def eventually(
-    check: Callable[[], Awaitable[Any]], *, within: float = 60, every: float = 0.1
-) -> Any:
-    """Poll until `check()` returns something truthy; its last error or value if it never does."""
-    deadline = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            value = await check()
-            if value:
-                return value
-            last = value
-        except AssertionError as exc:
-            last = exc
-        await asyncio.sleep(every)
-    raise AssertionError(f"condition not met within {within}s; last: {last!r}")
 
 
 class Api:

@@ -3,8 +3,6 @@ written directly, and taps on the exchanges to see what it publishes."""
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,18 +21,7 @@ from shared.topology import EVENTS, LIFECYCLE_KEYS, NOTIFIER_EVENTS, WORKER_REND
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-
-async def eventually(check: Callable[[], Any], *, within: float = 20.0) -> Any:
-    """Poll `check` (sync or async) until it returns a truthy value; fail after `within` s."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        value = check()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
+from tests.support import eventually, record_bound
 
 
 @dataclass
@@ -59,16 +46,7 @@ class Bus:
     channel: AbstractChannel
 
     async def tap(self, exchange: str, *keys: str) -> Tap:
-        tap = Tap()
-        queue = await self.channel.declare_queue(exclusive=True, auto_delete=True)
-        for key in keys:
-            await queue.bind(exchange, routing_key=key)
-
-        async def record(message: AbstractIncomingMessage) -> None:
-            tap.messages.append(message)
-
-        await queue.consume(record, no_ack=True)
-        return tap
+        return Tap(await record_bound(self.channel, exchange, *keys))
 
     async def lifecycle(self) -> Tap:
         """Every lifecycle event (generation.clarification_requested, …, generation.cancelled)."""

@@ -3,9 +3,7 @@ rows written directly, render commands published and reports observed on the rea
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import inspect
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,22 +24,11 @@ from veo_worker.handlers import RenderCommands
 from veo_worker.main import WorkerService, build
 from veo_worker.scheduler import Scheduler
 
+from tests.support import eventually, record_bound
+
 PROMPT = "A paper boat drifting down a rain-soaked city street, neon reflections"
 
 Eventually = Callable[..., Awaitable[Any]]
-
-
-async def eventually(check: Callable[[], Any], *, within: float = 60.0) -> Any:
-    """Poll `check` (sync or async) until it returns a truthy value; fail after `within` s."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        value = check()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture(name="eventually")
@@ -71,15 +58,7 @@ class Bus:
     channel: AbstractChannel
 
     async def reports(self) -> Reports:
-        reports = Reports()
-        queue = await self.channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(EVENTS, routing_key="render.*")
-
-        async def record(message: AbstractIncomingMessage) -> None:
-            reports.messages.append(message)
-
-        await queue.consume(record, no_ack=True)
-        return reports
+        return Reports(await record_bound(self.channel, EVENTS, "render.*"))
 
     async def render(self, command: RenderRequested, *, message_id: str | None = None) -> str:
         """Publish the command as the orchestrator's relay would; its message id."""
