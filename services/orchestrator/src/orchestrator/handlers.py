@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pydantic import ValidationError
-from shared.db.models import Generation
 from shared.domain import clarifier, pricing, quotas
+from shared.domain.generation_rows import GenerationRow
 from shared.domain.transitions import apply_transition
 from shared.inbox import claim
 from shared.logging import get_logger
@@ -36,7 +36,7 @@ class Handlers:
     async def requested(self, session: AsyncSession, message: GenerationRequested) -> None:
         """Analyse a new (or newly answered) request: ask questions, or price the spec."""
 
-        async def step(gen: Generation) -> None:
+        async def step(gen: GenerationRow) -> None:
             if gen.status != Status.PENDING_CLARIFICATION:
                 log.info("Request no longer awaits analysis", status=gen.status)
                 return
@@ -69,7 +69,9 @@ class Handlers:
 
         await with_generation(session, message.generation_id, step)
 
-    async def _spec_ready(self, session: AsyncSession, gen: Generation, spec: RenderSpec) -> None:
+    async def _spec_ready(
+        self, session: AsyncSession, gen: GenerationRow, spec: RenderSpec
+    ) -> None:
         cost = pricing.estimate_cost(spec, self.settings.price_per_second_usd)
         trigger = Trigger.AUTO_CONFIRMED if gen.auto_confirm else Trigger.SPEC_READY
         if gen.auto_confirm:
@@ -97,7 +99,7 @@ class Handlers:
             log.info("Lifecycle event ignored", lifecycle_event=message.event.value)
             return
 
-        async def step(gen: Generation) -> None:
+        async def step(gen: GenerationRow) -> None:
             if gen.status != Status.CONFIRMED or gen.spec is None:
                 log.info("Not dispatched: no longer confirmed", status=gen.status)
                 return
@@ -113,7 +115,10 @@ class Handlers:
     async def reported(self, session: AsyncSession, message: RenderReported) -> None:
         """Apply a worker's report (started, progress, succeeded, failed)."""
 
-        async def step(gen: Generation) -> None:
+        async def step(gen: GenerationRow) -> None:
             await apply_report(session, gen, message)
 
-        await with_generation(session, message.generation_id, step)
+        # Locked: a generation's reports (started, progress, succeeded) arrive together and
+        # are handled concurrently; unlocked, about one in five lost the compare-and-set and
+        # was re-read and re-run. Locked, the later one waits for the earlier one's commit.
+        await with_generation(session, message.generation_id, step, lock=True)

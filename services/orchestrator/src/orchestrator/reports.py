@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.consumer import PermanentError
-from shared.db.models import Generation
+from shared.domain.generation_rows import GenerationRow
 from shared.domain.transitions import apply_transition
 from shared.logging import get_logger
 from shared.media import thumbnail_key, video_key
@@ -43,7 +43,7 @@ def _json(value: Progress | ErrorInfo) -> dict[str, Any]:
     return value.model_dump(mode="json")
 
 
-def check_plausible(gen: Generation, report: RenderReported) -> None:
+def check_plausible(gen: GenerationRow, report: RenderReported) -> None:
     """Bus input is validated like HTTP input: a report no worker could have sent (for a
     generation never dispatched, or naming another generation's files) is dead-lettered."""
     if Status(gen.status) in (Status.PENDING_CLARIFICATION, Status.PENDING_CONFIRMATION):
@@ -56,7 +56,7 @@ def check_plausible(gen: Generation, report: RenderReported) -> None:
             raise PermanentError("a succeeded report naming files of another generation")
 
 
-async def apply_report(session: AsyncSession, gen: Generation, report: RenderReported) -> None:
+async def apply_report(session: AsyncSession, gen: GenerationRow, report: RenderReported) -> None:
     check_plausible(gen, report)
     status = Status(gen.status)
     if status not in (Status.CONFIRMED, Status.PROCESSING):

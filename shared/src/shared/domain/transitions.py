@@ -15,6 +15,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from shared import telemetry
 from shared.db.models import Generation, utcnow
+from shared.domain.generation_rows import GenerationRow
 from shared.messages import GenerationSnapshot, LifecycleEvent
 from shared.metrics import note_transition
 from shared.outbox import enqueue
@@ -25,7 +26,7 @@ class ConcurrentUpdate(Exception):
     """Someone else changed the generation since it was read; re-read and decide again."""
 
 
-def snapshot(gen: Generation) -> GenerationSnapshot:
+def snapshot(gen: Generation | GenerationRow) -> GenerationSnapshot:
     return GenerationSnapshot.model_validate(
         {
             "status": gen.status,
@@ -47,10 +48,13 @@ def snapshot(gen: Generation) -> GenerationSnapshot:
 
 
 async def apply_transition(
-    session: AsyncSession, gen: Generation, trigger: Trigger, **changes: Any
+    session: AsyncSession, gen: Generation | GenerationRow, trigger: Trigger, **changes: Any
 ) -> Decision:
     """Move `gen` by `trigger`, writing `changes` with it. Raises `IllegalTransition` or
-    `ConcurrentUpdate`; on success `gen` holds the new values and its events are in the outbox."""
+    `ConcurrentUpdate`; on success `gen` holds the new values and its events are in the outbox.
+
+    `gen` is an ORM entity (the API) or a `GenerationRow` read without the ORM (the
+    orchestrator); either way the write is the same compare-and-set UPDATE."""
     before = Status(gen.status)
     decision = decide(before, trigger)
     now = utcnow()
@@ -64,16 +68,23 @@ async def apply_transition(
         values["status_changed_at"] = now
     if decision.status == Status.CONFIRMED and gen.status != Status.CONFIRMED:
         values["confirmed_at"] = now  # dates the video seconds spent (the daily quota)
-    result = await session.execute(
-        _update(tuple(values)), {**_params(values), "_id": gen.id, "_version": gen.version}
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    statement = _update(tuple(values))
+    params = {**_params(values), "_id": gen.id, "_version": gen.version}
+    orm = isinstance(gen, Generation)
+    if orm:  # through the session: its autoflush writes whatever the caller staged first
+        result: Any = await session.execute(statement, params)
+    else:  # a plain row, nothing staged in the ORM: the connection, without the session's path
+        result = await (await session.connection()).execute(statement, params)
+    if result.rowcount != 1:
         raise ConcurrentUpdate(str(gen.id))
     entered = gen.status_changed_at or gen.created_at
     for key, value in values.items():
-        # As loaded, not as changed: the row already has them, so the session's flush at
-        # commit has nothing to write again.
-        set_committed_value(gen, key, value)
+        if orm:
+            # As loaded, not as changed: the row already has them, so the session's flush at
+            # commit has nothing to write again.
+            set_committed_value(gen, key, value)
+        else:
+            setattr(gen, key, value)
     if decision.changed(before):
         _observe(session, gen, before, decision.status, (now - entered).total_seconds())
     telemetry.label(gen.id, gen.user_id)
@@ -120,7 +131,11 @@ def _params(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _observe(
-    session: AsyncSession, gen: Generation, before: Status, after: Status, seconds: float
+    session: AsyncSession,
+    gen: Generation | GenerationRow,
+    before: Status,
+    after: Status,
+    seconds: float,
 ) -> None:
     error = gen.error.get("code") if after == Status.FAILED and gen.error else None
     confirmed = after == Status.CONFIRMED
