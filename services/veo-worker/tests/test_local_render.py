@@ -209,6 +209,30 @@ def test_probe_rejects_bad_files(
         probe_video(path)
 
 
+def test_probe_makes_the_thumbnail_from_its_decoded_frame(
+    small_video: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """The worker probes and thumbnails in one pass: the same facts and the same picture as
+    the two separate calls."""
+    alone, together = tmp_path / "alone.jpg", tmp_path / "together.jpg"
+    render_thumbnail(small_video, alone)
+    assert probe_video(small_video, thumbnail=together) == probe_video(small_video)
+    with Image.open(alone) as a, Image.open(together) as b:
+        assert (b.format, b.size) == ("JPEG", a.size)
+        assert _mean_diff(a.convert("RGB"), b.convert("RGB")) < 0.5
+
+
+@pytest.mark.parametrize("cut", [0, 2000, -10])
+def test_probe_with_thumbnail_rejects_bad_files(
+    small_video: pathlib.Path, tmp_path: pathlib.Path, cut: int
+) -> None:
+    path, thumb = tmp_path / "bad.mp4", tmp_path / "thumb.jpg"
+    path.write_bytes(small_video.read_bytes()[:cut])
+    with pytest.raises(InvalidMedia):
+        probe_video(path, thumbnail=thumb)
+    assert not thumb.exists()
+
+
 def test_probe_rejects_jpeg(small_video: pathlib.Path, tmp_path: pathlib.Path) -> None:
     jpeg = tmp_path / "still.mp4"  # misleading suffix on purpose
     render_thumbnail(small_video, jpeg)

@@ -28,7 +28,7 @@ from av.video.plane import VideoPlane
 from av.video.reformatter import ColorRange, Colorspace, Interpolation, VideoReformatter
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-__all__ = ["render_thumbnail", "render_video"]
+__all__ = ["render_thumbnail", "render_video", "save_thumbnail", "thumbnail_frame"]
 
 _Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
@@ -227,30 +227,41 @@ def render_thumbnail(
     with av.open(str(video_path)) as container:
         if not container.streams.video:
             raise ValueError(f"{video_path} has no video stream")
-        stream = container.streams.video[0]
-        middle = _middle_seconds(container, stream)
-        picked: VideoFrame | None = None
-        if middle > 0:
-            # Seeking lands on the keyframe before the target; decode forward to it.
-            with contextlib.suppress(av.FFmpegError):
-                container.seek(int(middle * av.time_base))
-        for frame in container.decode(stream):
-            picked = frame
-            if frame.time is None or frame.time >= middle:
-                break
-        if picked is None:
-            # The seek may have overshot on an odd file: retry from the start.
-            container.seek(0)
-            picked = next(container.decode(stream), None)
+        picked = thumbnail_frame(container, container.streams.video[0])
         if picked is None:
             raise ValueError(f"{video_path} has no decodable video frames")
-        width, height = picked.width, picked.height
-        if width > max_width:
-            width, height = max_width, max(1, round(height * max_width / width))
-        image = picked.reformat(
-            width=width, height=height, format="rgb24", interpolation=Interpolation.AREA
-        ).to_image()
+        save_thumbnail(picked, out_path, max_width=max_width)
 
+
+def thumbnail_frame(
+    container: av.container.InputContainer, stream: av.VideoStream
+) -> VideoFrame | None:
+    """The middle frame, else the first; None if no frame decodes."""
+    middle = _middle_seconds(container, stream)
+    picked: VideoFrame | None = None
+    if middle > 0:
+        # Seeking lands on the keyframe before the target; decode forward to it.
+        with contextlib.suppress(av.FFmpegError):
+            container.seek(int(middle * av.time_base))
+    for frame in container.decode(stream):
+        picked = frame
+        if frame.time is None or frame.time >= middle:
+            break
+    if picked is None:
+        # The seek may have overshot on an odd file: retry from the start.
+        container.seek(0)
+        picked = next(container.decode(stream), None)
+    return picked
+
+
+def save_thumbnail(frame: VideoFrame, out_path: pathlib.Path, *, max_width: int = 640) -> None:
+    """`frame` as a JPEG no wider than ``max_width`` (written atomically)."""
+    width, height = frame.width, frame.height
+    if width > max_width:
+        width, height = max_width, max(1, round(height * max_width / width))
+    image = frame.reformat(
+        width=width, height=height, format="rgb24", interpolation=Interpolation.AREA
+    ).to_image()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with _atomic_output(out_path) as tmp_path:
         image.save(tmp_path, format="JPEG", quality=85)

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import av
+from av.video.frame import VideoFrame
+
+from veo_worker.local_render import save_thumbnail, thumbnail_frame
 
 __all__ = ["InvalidMedia", "MediaInfo", "probe_video"]
 
@@ -35,12 +38,15 @@ class MediaInfo:
         return f"{self.width}x{self.height}"
 
 
-def probe_video(path: pathlib.Path) -> MediaInfo:
+def probe_video(path: pathlib.Path, *, thumbnail: pathlib.Path | None = None) -> MediaInfo:
     """Return the video's properties, or raise InvalidMedia if it is not a complete video.
 
     Beyond reading the header this demuxes every video packet (no decoding, so it is
-    I/O-bound) and decodes the first frame: a truncated MP4 with its moov atom at the
+    I/O-bound) and decodes a frame: a truncated MP4 with its moov atom at the
     front still has a valid-looking header, and only reading the data reveals it.
+
+    With `thumbnail`, the decoded frame is the thumbnail's (the middle one, see
+    `render_thumbnail`), saved there: one open and one decode for both instead of two.
     """
     try:
         size = path.stat().st_size
@@ -49,14 +55,17 @@ def probe_video(path: pathlib.Path) -> MediaInfo:
     if size == 0:
         raise InvalidMedia(f"{path}: file is empty")
     try:
-        return _probe(path, size)
+        info, frame = _probe(path, size, middle=thumbnail is not None)
     except InvalidMedia:
         raise
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:
         raise InvalidMedia(f"{path}: not a readable video: {exc}") from exc
+    if thumbnail is not None:  # outside: failing to write it says nothing about the video
+        save_thumbnail(frame, thumbnail)
+    return info
 
 
-def _probe(path: pathlib.Path, size: int) -> MediaInfo:
+def _probe(path: pathlib.Path, size: int, *, middle: bool) -> tuple[MediaInfo, VideoFrame]:
     with av.open(str(path), mode="r") as container:
         format_name = _format_name(container.format.name)
         if format_name in _IMAGE_FORMATS or format_name.endswith("_pipe"):
@@ -86,11 +95,15 @@ def _probe(path: pathlib.Path, size: int) -> MediaInfo:
                 " (truncated file?)"
             )
 
-        container.seek(0)
-        if next(container.decode(stream), None) is None:
+        if middle:
+            frame = thumbnail_frame(container, stream)
+        else:
+            container.seek(0)
+            frame = next(container.decode(stream), None)
+        if frame is None:
             raise InvalidMedia(f"{path}: no decodable video frame")
 
-        return MediaInfo(
+        info = MediaInfo(
             duration_seconds=duration,
             width=width,
             height=height,
@@ -99,6 +112,7 @@ def _probe(path: pathlib.Path, size: int) -> MediaInfo:
             file_size_bytes=size,
             has_audio=bool(container.streams.audio),
         )
+        return info, frame
 
 
 def _duration_seconds(container: av.container.InputContainer, stream: av.VideoStream) -> float:

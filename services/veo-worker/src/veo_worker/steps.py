@@ -15,7 +15,6 @@ from shared.media import Storage, thumbnail_key, video_key
 from shared.schemas import Progress, RenderResult
 
 from veo_worker.jobs import Job, JobStore, LeaseLost
-from veo_worker.local_render import render_thumbnail
 from veo_worker.observe import storage_span
 from veo_worker.probe import InvalidMedia, MediaInfo, probe_video
 from veo_worker.providers.base import Interrupted, JobCancelled, ProviderError
@@ -127,9 +126,10 @@ class Finisher:
         self, job: Job, video: Path, report: Reporter, *, started_at: datetime
     ) -> RenderResult:
         thumbnail = video.with_name("thumbnail.jpg")
-        async with self._cpu:
-            info: MediaInfo = await step("probe", asyncio.to_thread(probe_video, video))
-            await step("thumbnail", asyncio.to_thread(render_thumbnail, video, thumbnail))
+        async with self._cpu:  # the probe's decoded frame is the thumbnail: one pass for both
+            info: MediaInfo = await step(
+                "probe", asyncio.to_thread(probe_video, video, thumbnail=thumbnail)
+            )
         await report(Progress(stage="uploading"))
         keys = (
             video_key(job.user_id, job.generation_id),
