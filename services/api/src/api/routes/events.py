@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -70,15 +70,22 @@ class EventStream(StreamingResponse):
     group of two tasks): the stream's task writes the frames, and the client's leaving is
     noticed by a bare task on `receive` that ends the subscriber, which wakes the stream."""
 
-    def __init__(self, subscriber: Subscriber, events: AsyncIterator[bytes]) -> None:
+    def __init__(
+        self,
+        subscriber: Subscriber,
+        events: AsyncIterator[bytes],
+        finished: Callable[[], bool] = lambda: False,
+    ) -> None:
         super().__init__(events, media_type=MEDIA_TYPE, headers=HEADERS)
         self.subscriber = subscriber
+        self.events = events
+        self.finished = finished  # true once the stream's last frame is out of `events`
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         subscriber = self.subscriber
         watcher = asyncio.ensure_future(_disconnected(receive))
         watcher.add_done_callback(lambda task: _gone(task, subscriber))
-        events = self.body_iterator
+        events = self.events
         try:
             await send(
                 {
@@ -87,13 +94,17 @@ class EventStream(StreamingResponse):
                     "headers": self.raw_headers,
                 }
             )
+            last = b""
             async for chunk in events:
+                if self.finished():  # the final frame: it ends the body (one write, not two)
+                    last = chunk
+                    break
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            # The stream's last event (a terminal one) is out. Ending the response costs more
-            # than sending it (the access line, the span, the metrics): when one event ends
-            # thousands of streams at once, let every stream send it first, then wind down.
+            await send({"type": "http.response.body", "body": last, "more_body": False})
+            # Ending the response costs more than sending the frame (the access line, the span,
+            # the metrics): when one event ends thousands of streams at once, let every stream
+            # send it first, then wind down.
             await asyncio.sleep(0)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watcher.cancel()
             subscriber.close()
@@ -153,7 +164,7 @@ async def generation_events(
         return Response(status_code=204)
     stream = GenerationStream(_deps(request, storage), subscriber, gen, resume_after)
     log.info("Generation stream opened", generation_id=str(gen.id), resume_after=resume_after)
-    return EventStream(subscriber, stream.events())
+    return EventStream(subscriber, stream.events(), lambda: stream.done)
 
 
 @router.get(

@@ -1,0 +1,92 @@
+"""Fan-out inside one API process, without a broker or a database: one live event reaches every
+open stream of its generation, is rendered once for all of them, ends them (a terminal event),
+and leaves no subscription behind; a client that leaves ends its stream too."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from api.live import LiveFeed
+from api.queries import GenerationRow
+from api.routes.events import EventStream
+from api.streams import GenerationStream, SharedFrames, StreamDeps
+from shared.messages import GenerationSnapshot, LifecycleEvent
+from shared.schemas import GenerationParams
+from shared.state_machine import Event, Status
+
+PARAMS = {"aspect_ratio": "16:9", "resolution": "720p", "duration_seconds": 4}
+
+
+class NoRecord:
+    """The raw pool, for a generation whose outbox record is not at hand."""
+
+    async def fetch(self, *_: Any) -> list[Any]:
+        return []
+
+
+class Links:
+    async def url_for(self, key: str) -> str:
+        return f"http://media/{key}"
+
+
+def _row(gid: uuid.UUID, uid: uuid.UUID, now: datetime) -> GenerationRow:
+    return GenerationRow(
+        gid, uid, None, "pending_confirmation", 3, "a fox", False, PARAMS, None, [], {}, None,
+        None, None, None, now, now,
+    )  # fmt: skip
+
+
+async def test_one_event_is_rendered_once_for_every_stream_and_ends_them() -> None:
+    feed, frames = LiveFeed("amqp://unused"), SharedFrames()
+    deps = StreamDeps(None, Links(), 30.0, NoRecord(), frames)
+    gid, uid, now = uuid.uuid4(), uuid.uuid4(), datetime.now(UTC)
+    bodies: list[list[bytes]] = [[] for _ in range(50)]
+    left = asyncio.Event()
+
+    async def serve(i: int) -> None:
+        subscriber = feed.generation(gid)
+        stream = GenerationStream(deps, subscriber, _row(gid, uid, now), None)
+
+        async def send(message: dict[str, Any]) -> None:
+            bodies[i].append(message.get("body", b""))
+
+        async def receive() -> dict[str, Any]:
+            await left.wait()
+            return {"type": "http.disconnect"}
+
+        response = EventStream(subscriber, stream.events(), lambda: stream.done)
+        await response({"type": "http"}, receive, send)
+
+    tasks = [asyncio.create_task(serve(i)) for i in range(50)]
+    while sum(len(b) for b in bodies) < 3 * 50:  # start, retry, the opening frame
+        await asyncio.sleep(0.01)
+    assert frames.rendered == 1  # one opening frame for the fifty
+    snapshot = GenerationSnapshot(
+        status=Status.CANCELLED,
+        prompt="a fox",
+        params=GenerationParams.model_validate(PARAMS),
+        version=4,
+        created_at=now,
+        updated_at=now,
+    )
+    feed._fan_out(
+        feed._by_generation,
+        gid,
+        LifecycleEvent(event=Event.CANCELLED, generation_id=gid, user_id=uid, snapshot=snapshot),
+    )
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert frames.rendered == 2  # and one frame of the event for all
+    assert {b[-1] for b in bodies} == {bodies[0][-1]}
+    assert bodies[0][-1].startswith(b"id: 4\nevent: generation.cancelled\n")
+    assert feed.subscribers == 0
+
+    # A stream whose client leaves ends, and unsubscribes.
+    other = asyncio.create_task(serve(0))
+    while feed.subscribers == 0:
+        await asyncio.sleep(0.01)
+    left.set()
+    await asyncio.wait_for(other, 5)
+    assert feed.subscribers == 0
