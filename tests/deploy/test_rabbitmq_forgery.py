@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import uuid
-from typing import Any
 
 import aio_pika
 import pytest
@@ -98,8 +97,9 @@ async def test_a_worker_can_route_a_forgery_to_the_notifier_only_under_its_own_k
                 break
             await asyncio.sleep(0.1)
         assert dead is not None and dead.message_id == message.message_id
-        deaths: Any = dead.headers["x-death"]
-        assert deaths[0]["reason"] == "rejected"
+        reason = str(dead.headers["x-reelflow-reason"])
+        assert reason.startswith("unreadable: ") and "routing key 'render.started'" in reason
+        assert dead.headers["x-reelflow-queue"] == "notifier.events"
         await dead.ack()
 
 
