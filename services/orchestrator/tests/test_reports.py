@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import uuid
 from typing import TYPE_CHECKING
 
+import pytest
+from orchestrator.handlers import Handlers
 from shared.db.models import Generation
 from shared.messages import RenderReported
 from shared.schemas import ErrorInfo, Progress, RenderResult
+from shared.settings import Settings
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 if TYPE_CHECKING:
     from conftest import Bus, Eventually, Rows, Running
@@ -171,3 +177,44 @@ async def test_a_burst_of_reports_in_any_order_is_applied_consistently(
     await asyncio.gather(*(bus.publish(succeeded(gen)) for gen in gens))
     await eventually(lambda: consumer.handled == len(reports) + len(gens))
     assert {(await rows.get(gen.id)).status for gen in gens} == {"completed"}
+
+
+async def test_concurrent_reports_of_one_generation_wait_for_each_other(
+    prepared: Settings,
+    clean_db: None,
+    sessions: async_sessionmaker[AsyncSession],
+    rows: Rows,
+    eventually: Eventually,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A report handled while another one of the same generation is uncommitted waits for it
+    (the row is read locked), then decides on what it committed: no lost compare-and-set, no
+    re-read and re-run."""
+    handlers = Handlers(prepared)
+    gen = await rows.confirmed()
+
+    async def second() -> None:
+        async with sessions() as session, session.begin():
+            await handlers.reported(session, progress(gen.id, 40))
+
+    async def waiting_on_a_lock() -> bool:
+        async with sessions() as session:
+            waiting = await session.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+            return bool(waiting)
+
+    caplog.set_level(logging.INFO, logger="reelflow.orchestrator")
+    async with sessions() as session, session.begin():
+        await handlers.reported(session, started(gen.id))
+        task = asyncio.create_task(second())
+        await eventually(waiting_on_a_lock)
+    await task
+
+    assert not [r for r in caplog.records if "concurrently" in r.getMessage()]
+    row = await rows.get(gen.id)
+    assert (row.status, row.version) == ("processing", gen.version + 2)
+    assert row.progress is not None and row.progress["percent"] == 40
