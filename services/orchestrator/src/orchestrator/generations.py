@@ -3,9 +3,9 @@
 Every write goes through `apply_transition` (compare-and-set on `version`). Handlers that race
 each other on one generation (its render reports, consumed concurrently) read it locked, so
 they run one after the other instead of failing each other's compare-and-set. When someone
-else still got there first (the API applying a user's move before an unlocked read), the step
-is re-run on a fresh read: the decision is always made on the row as it is now, so a retry
-cannot apply a stale move.
+else wrote between an unlocked read and its write (the API applying a user's move while a
+request or confirmation is handled), the step is re-run on a fresh read: the decision is
+always made on the row as it is now, so a retry cannot apply a stale move.
 
 The row is read without the ORM (`GenerationRow`): one Core statement per message.
 """
