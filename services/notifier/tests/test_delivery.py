@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import aio_pika
 from aio_pika.abc import DeliveryMode
@@ -307,3 +308,30 @@ async def test_a_stale_copy_of_a_delivery_command_makes_no_extra_call(
     assert done.status == "succeeded"
     assert [a.status_code for a in await attempts(world, delivery.id)] == [500, 200]
     assert len(nextjs.hits) == 2
+
+
+async def test_a_delivery_whose_lease_ran_out_is_taken_up_and_made_once(
+    world: World, notifier, receivers
+) -> None:
+    """What a notifier killed -9 mid-delivery leaves behind: a pending row, leased to a process
+    that is gone. The row is the record: another notifier's sweeper makes the attempt."""
+    nextjs = await receivers()
+    row = WebhookDelivery(
+        webhook_id=f"msg_{uuid.uuid4().hex}",
+        target="nextjs",
+        url=nextjs.base + "/api/webhooks/worker",
+        event="generation.cancelled",
+        generation_id=world.generation.id,
+        payload=json.dumps({"event": "generation.cancelled", "userId": str(world.user_id)}),
+        status="pending",
+        next_attempt_at=datetime.now(UTC) - timedelta(seconds=1),  # the lease ran out
+    )
+    async with world.sessions() as session, session.begin():
+        session.add(row)
+    await notifier(NEXTJS_URL=nextjs.base)
+    (delivery,) = await eventually(finished(world), within=30)
+    assert delivery.status == "succeeded" and delivery.next_attempt_at is None
+    assert [a.status_code for a in await attempts(world, row.id)] == [200]
+    (hit,) = nextjs.hits
+    assert hit.headers["webhook-id"] == row.webhook_id
+    NEXTJS_VERIFIER.verify(hit.body, hit.headers)

@@ -2,78 +2,108 @@
 
 from __future__ import annotations
 
-from shared.consumer import IdempotentConsumer
+import aio_pika
+import asyncpg
+from aio_pika.abc import AbstractRobustConnection
 from shared.logging import get_logger
 from shared.media import build_storage
-from shared.messages import LifecycleEvent
 from shared.runtime import ConsumerService, ServiceRuntime, Subscription
 from shared.settings import Settings
 from shared.topology import NOTIFIER_DELIVERIES, NOTIFIER_EVENTS
 
+from notifier import sql
 from notifier.delivery import Deliverer, Metrics
-from notifier.handlers import LifecycleHandler, with_traceparent
+from notifier.intake import Intake
 from notifier.sender import Sender
 
 log = get_logger("NOTIFIER")
 
-# Commands handled at once (each attempt cut at WEBHOOK_TIMEOUT_SECONDS). One endpoint holds at
-# most WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT attempts and as many briefly waiting (see gate.py), so
-# several slow endpoints together still leave room for everyone else. It is also the global
-# bound on open webhook connections: the sender's pool is at least this large, so an attempt
-# never waits for a connection another endpoint holds.
-PREFETCH = 100
+# The global bound on open webhook connections (each endpoint's lane holds at most
+# WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT of them): room for many slow endpoints at once before a
+# fast one would wait for a connection.
+MAX_CONNECTIONS = 256
+
+
+async def _not_consumed_through_faststream(_: object) -> None:
+    raise AssertionError("the notifier consumes its queues itself (notifier.consume)")
 
 
 class NotifierService(ConsumerService):
-    """A `ConsumerService` that also opens the HTTP sender and the media storage at start."""
+    """The shared runtime (outbox relay, topology, health and metrics server), with the two
+    queues consumed in batches by the notifier itself rather than through FastStream."""
 
     def __init__(
         self,
         runtime: ServiceRuntime,
-        subscriptions: list[Subscription],
         *,
-        lifecycle: LifecycleHandler,
+        intake: Intake,
+        deliverer: Deliverer,
         sender: Sender,
         health_port: int | None,
     ) -> None:
-        super().__init__(runtime, subscriptions, prefetch=PREFETCH, health_port=health_port)
-        self.lifecycle = lifecycle
+        super().__init__(runtime, [], health_port=health_port)
+        # Listed after FastStream was set up without them: readiness, the queue gauges and the
+        # start line name them, and `start` consumes them.
+        self.subscriptions = [
+            Subscription(NOTIFIER_EVENTS, _not_consumed_through_faststream),
+            Subscription(NOTIFIER_DELIVERIES, _not_consumed_through_faststream),
+        ]
+        self.intake = intake
+        self.deliverer = deliverer
         self.sender = sender
+        self.pool: asyncpg.Pool | None = None
+        self._amqp: AbstractRobustConnection | None = None
 
     async def start(self) -> None:
-        async with self.runtime.sessions() as session:
-            self.lifecycle.storage = await build_storage(session, self.runtime.settings)
-        await self.sender.open()
         settings = self.runtime.settings
+        async with self.runtime.sessions() as session:
+            self.intake.storage = await build_storage(session, settings)
+        self.pool = await sql.open_pool(settings)
+        self.deliverer.pool = self.pool
+        await self.sender.open()
         if settings.nextjs_url and settings.worker_api_key is None:
             log.warning("NEXTJS_URL is set without WORKER_API_KEY: its webhooks go unsigned")
-        await super().start()
+        await super().start()  # the topology is declared before the consumers attach
+        self.deliverer.start()
+        self.intake.consumer.batcher.start()
+        self._amqp = await aio_pika.connect_robust(settings.amqp_url)
+        await self.deliverer.commands.start(self._amqp)
+        await self.intake.consumer.start(self._amqp)
 
     async def stop(self) -> None:
+        """Take no more messages, settle those taken, let attempts under way finish and record
+        them (within SHUTDOWN_GRACE_SECONDS), then stop the runtime."""
+        grace = self.runtime.settings.shutdown_grace_seconds
+        for consumer in (self.intake.consumer, self.deliverer.commands):
+            await consumer.cancel()
+        await self.intake.consumer.batcher.drain(within=grace)
+        await self.deliverer.commands.batcher.drain(within=grace)
+        await self.intake.consumer.batcher.stop()
+        await self.deliverer.stop(within=grace)
+        for consumer in (self.intake.consumer, self.deliverer.commands):
+            await consumer.close()
+        if self._amqp is not None:
+            await self._amqp.close()
         await super().stop()
         await self.sender.close()
+        if self.pool is not None:
+            await self.pool.close()
 
 
 def build(settings: Settings) -> NotifierService:
     runtime = ServiceRuntime.build("notifier", settings)
-    lifecycle = LifecycleHandler(settings)
-    events = IdempotentConsumer(
-        NOTIFIER_EVENTS.name, LifecycleEvent, lifecycle, runtime.sessions, runtime.relay
-    )
     sender = Sender(
         settings.webhook_timeout_seconds,
         guard_endpoints=not settings.webhook_allow_private_networks,
-        max_connections=PREFETCH,
+        max_connections=MAX_CONNECTIONS,
     )
     metrics = Metrics(runtime.registry)
-    deliverer = Deliverer(settings, runtime.sessions, runtime.relay, sender, metrics)
+    deliverer = Deliverer(settings, runtime.relay, sender, metrics, runtime.metrics)
+    intake = Intake(settings, deliverer, runtime.relay, runtime.metrics)
     return NotifierService(
         runtime,
-        [
-            Subscription(NOTIFIER_EVENTS, with_traceparent(events)),
-            Subscription(NOTIFIER_DELIVERIES, deliverer.on_message),
-        ],
-        lifecycle=lifecycle,
+        intake=intake,
+        deliverer=deliverer,
         sender=sender,
         health_port=settings.metrics_port_notifier,
     )

@@ -26,13 +26,27 @@ def bearer_key(token: str) -> bytes:
     return token.encode()
 
 
+_SIGNERS: dict[Key, Webhook] = {}
+_MAX_SIGNERS = 10_000
+
+
+def _signer(key: Key) -> Webhook:
+    """One `Webhook` per key (it decodes the secret once), for every attempt signed with it."""
+    found = _SIGNERS.get(key)
+    if found is None:
+        if len(_SIGNERS) >= _MAX_SIGNERS:
+            _SIGNERS.clear()
+        found = _SIGNERS[key] = Webhook(key)
+    return found
+
+
 def sign(webhook_id: str, body: str, keys: Sequence[Key], now: datetime) -> dict[str, str]:
     moment = now.astimezone(UTC)
     headers = {
         "webhook-id": webhook_id,
         "webhook-timestamp": str(int(moment.timestamp())),
     }
-    signatures = [Webhook(key).sign(webhook_id, moment, body) for key in keys]
+    signatures = [_signer(key).sign(webhook_id, moment, body) for key in keys]
     if signatures:
         headers["webhook-signature"] = " ".join(signatures)
     return headers

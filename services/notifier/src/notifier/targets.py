@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
-from shared.db.models import WebhookEndpoint
 from shared.messages import LifecycleEvent
 from shared.state_machine import Event
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col
 
 NEXTJS = "nextjs"
 NEXTJS_ROUTE = "/api/webhooks/worker"  # the seed's receiver
@@ -21,6 +20,10 @@ class Target:
     name: str  # the endpoint's id, or "nextjs"
     url: str
     endpoint_id: uuid.UUID | None = None
+    # A registered endpoint's signing secrets (the previous one while its grace period lasts).
+    secret: str | None = None
+    previous_secret: str | None = None
+    previous_secret_expires_at: datetime | None = None
 
 
 def wants(events: list[str] | None, event: Event) -> bool:
@@ -30,17 +33,23 @@ def wants(events: list[str] | None, event: Event) -> bool:
     return event.value in events
 
 
-async def targets_for(
-    session: AsyncSession, event: LifecycleEvent, nextjs_url: str | None
+def targets_for(
+    event: LifecycleEvent, nextjs_url: str | None, endpoints: Iterable[Any]
 ) -> list[Target]:
+    """`endpoints`: the user's active endpoints (rows of `sql.ENDPOINTS_OF_USERS`)."""
     targets = []
     if nextjs_url and wants(None, event.event):
         targets.append(Target(NEXTJS, nextjs_url + NEXTJS_ROUTE))
-    endpoints = await session.scalars(
-        select(WebhookEndpoint).where(
-            col(WebhookEndpoint.user_id) == event.user_id,
-            col(WebhookEndpoint.status) == "active",
+    targets += [
+        Target(
+            str(e["id"]),
+            e["url"],
+            e["id"],
+            e["secret"],
+            e["previous_secret"],
+            e["previous_secret_expires_at"],
         )
-    )
-    targets += [Target(str(e.id), e.url, e.id) for e in endpoints if wants(e.events, event.event)]
+        for e in endpoints
+        if wants(e["events"], event.event)
+    ]
     return targets

@@ -269,6 +269,12 @@ class WebhookDelivery(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("webhook_id", "target", name="uq_webhook_deliveries_target"),
         sa.Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at", "id"),
+        # The notifier's sweeper: pending deliveries by due time (a retry's, or a lease's end).
+        sa.Index(
+            "ix_webhook_deliveries_pending_due",
+            "next_attempt_at",
+            postgresql_where=sa.text("status = 'pending'"),
+        ),
     )
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     webhook_id: str = Field(max_length=64, index=True)  # stable across retries
