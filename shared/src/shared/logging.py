@@ -36,21 +36,28 @@ _PATTERNS = (
 )
 MASK = "***"
 _MIN_SECRET_CHARS = 6  # shorter configured "secrets" would mask ordinary words
+# Every pattern needs one of these in the text: most lines have none and skip the regex, which
+# cost a fifth of a status read's CPU when run on every access-log line.
+_TRIGGERS = ("rf_", "whsec_", "AIza", "earer ")
 _secrets: set[str] = set()
+_triggers: tuple[str, ...] = _TRIGGERS
 _redactor = re.compile("|".join(_PATTERNS))
 _service = "reelflow"
 
 
 def register_secrets(values: Iterable[str | None]) -> None:
     """Mask these exact values (the configuration's keys and passwords) wherever they appear."""
-    global _redactor
+    global _redactor, _triggers
     _secrets.update(v for v in values if v and len(v) >= _MIN_SECRET_CHARS)
     literal = [re.escape(v) for v in sorted(_secrets, key=len, reverse=True)]
     _redactor = re.compile("|".join([*literal, *_PATTERNS]))
+    _triggers = (*_TRIGGERS, *_secrets)
 
 
 def redact(text: str) -> str:
     """`text` with every secret-looking or configured secret value replaced by `***`."""
+    if not any(trigger in text for trigger in _triggers):
+        return text
     return _redactor.sub(MASK, text)
 
 
