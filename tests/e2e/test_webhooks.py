@@ -253,13 +253,15 @@ async def test_fails_twice_then_succeeds_same_webhook_id_at_the_scheduled_spacin
     assert {h.webhook_id for h in receiver.hits} == {delivery["webhook_id"]}
     assert all(h.verified_by for h in receiver.hits)
     assert len({h.headers["webhook-timestamp"] for h in receiver.hits}) >= 2  # signed afresh
+    # Scheduled 1.6-2.4 s apart; measured where each request lands (the receiver's clock, the
+    # API's log), where a loaded machine can stamp one attempt a few hundred ms late.
     for gap in gaps([h.at for h in receiver.hits]):
-        assert 1.6 <= gap <= 4.0, gap
+        assert 1.3 <= gap <= 4.0, gap
     # The log, as the API shows it: the same three attempts, at the same spacing.
     assert [a["status_code"] for a in delivery["attempts"]] == [500, 503, 200]
     assert [a["manual"] for a in delivery["attempts"]] == [False] * 3
     for gap in gaps([t.timestamp() for t in stamps(delivery)]):
-        assert 1.6 <= gap <= 4.0, gap
+        assert 1.3 <= gap <= 4.0, gap
 
 
 async def test_a_hang_is_cut_at_the_timeout_and_retried(
