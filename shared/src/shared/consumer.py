@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from aio_pika.abc import AbstractIncomingMessage
 from faststream.message import AckStatus
 from faststream.rabbit.annotations import RabbitMessage
 from opentelemetry.trace import SpanKind
@@ -100,7 +101,16 @@ class IdempotentConsumer(Generic[M]):
 async def read_or_reject(message: RabbitMessage, message_type: type[M], consumer: str) -> M | None:
     """The parsed message, or None after rejecting it to the DLQ (no id, unknown type/version,
     invalid body). For consumers that run their own flow instead of `IdempotentConsumer`."""
-    raw = message.raw_message
+    parsed = read_checked(message.raw_message, message_type, consumer)
+    if isinstance(parsed, str):
+        await dead_letter(message, consumer, parsed)
+        return None
+    return parsed
+
+
+def read_checked(raw: AbstractIncomingMessage, message_type: type[M], consumer: str) -> M | str:
+    """The parsed message, or why it must be dead-lettered (`unreadable: …`): no id, an unknown
+    type or version, an invalid body, or a routing key it is not published under."""
     try:
         if not raw.message_id:
             raise UnknownMessage("message has no message_id")
@@ -113,9 +123,13 @@ async def read_or_reject(message: RabbitMessage, message_type: type[M], consumer
                 f"not {parsed.routing_key!r} as it is published"
             )
     except (UnknownMessage, ValidationError, ValueError) as exc:
-        log.error("Unreadable message dead-lettered", type=raw.type, reason=str(exc)[:500])
-        await dead_letter(message, consumer, f"unreadable: {exc}")
-        return None
+        log.error(
+            "Unreadable message dead-lettered",
+            consumer=consumer,
+            type=raw.type,
+            reason=str(exc)[:500],
+        )
+        return f"unreadable: {exc}"
     return parsed
 
 

@@ -31,11 +31,10 @@ from aio_pika.abc import (
 )
 from aiormq import spec
 from opentelemetry.trace import Span, SpanKind
-from pydantic import ValidationError
-from shared.consumer import arrived_as_published
+from shared.consumer import read_checked
 from shared.deadletter import QUEUE_HEADER, REASON_HEADER
 from shared.logging import get_logger
-from shared.messages import Message, UnknownMessage, parse_message
+from shared.messages import Message
 from shared.metrics import ServiceMetrics
 from shared.topology import DEAD_LETTERS, WorkQueue
 
@@ -301,27 +300,5 @@ class QueueConsumer:
 
 
 def read(item: Received, message_type: type[M], consumer: str) -> M | str:
-    """The parsed message, or why it must be dead-lettered (no id, unknown type or version,
-    invalid body, or a routing key it is not published under): the checks of
-    `shared.consumer.read_or_reject`, and its reason (`unreadable: …`)."""
-    raw = item.message
-    try:
-        if not raw.message_id:
-            raise UnknownMessage("message has no message_id")
-        parsed = parse_message(raw.type, raw.body)
-        if not isinstance(parsed, message_type):
-            raise UnknownMessage(f"{consumer} does not handle {raw.type!r}")
-        if not arrived_as_published(raw.exchange, raw.routing_key, parsed):
-            raise UnknownMessage(
-                f"{raw.type!r} arrived with routing key {raw.routing_key!r}, "
-                f"not {parsed.routing_key!r} as it is published"
-            )
-    except (UnknownMessage, ValidationError, ValueError) as exc:
-        log.error(
-            "Unreadable message dead-lettered",
-            consumer=consumer,
-            type=raw.type,
-            reason=str(exc)[:500],
-        )
-        return f"unreadable: {exc}"
-    return parsed
+    """The parsed message, or why it must be dead-lettered (`shared.consumer.read_checked`)."""
+    return read_checked(item.message, message_type, consumer)
