@@ -152,6 +152,9 @@ async def test_each_user_does_its_job_and_nothing_else(loaded: PrivateRabbit, se
             assert not await _publish(connection, topology.COMMANDS, "render.requested")
 
         own = {q.name for q in topology.consumes(service)}
+        # A consumer copies a poison message into its own DLQ, with the reason.
+        for queue in topology.consumes(service):
+            assert await _publish(connection, topology.DEAD_LETTERS, queue.name), service
         for queue in topology.WORK_QUEUES:
             allowed = await _consume(connection, queue.name)
             assert allowed is (queue.name in own), (service, queue.name)

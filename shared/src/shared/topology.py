@@ -335,9 +335,12 @@ def permissions(service: str) -> dict[str, str]:
     def with_private(regex: str) -> str:
         return f"{regex}|^{re.escape(private)}.*" if private else regex
 
+    # A consumer dead-letters a poison message itself, with its reason (`shared.deadletter`):
+    # it publishes to the DLX, which only feeds DLQs (read by operators, never by a service).
+    dead_letters = [DEAD_LETTERS] if own else []
     return {
         "configure": with_private(_exact(exchanges + queues)),
-        "write": with_private(_exact(list(PUBLISHES[service]) + queues)),
+        "write": with_private(_exact(list(PUBLISHES[service]) + dead_letters + queues)),
         "read": with_private(_exact(exchanges + own)),
     }
 
