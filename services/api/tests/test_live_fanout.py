@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from api.live import LiveFeed
-from api.queries import GenerationRow
 from api.routes.events import EventStream
 from api.streams import GenerationStream, SharedFrames, StreamDeps
+from shared.domain.generation_rows import GenerationRow
 from shared.messages import GenerationSnapshot, LifecycleEvent
 from shared.schemas import GenerationParams
 from shared.state_machine import Event, Status

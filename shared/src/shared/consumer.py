@@ -150,6 +150,21 @@ Handler = Callable[[RabbitMessage], Awaitable[None]]
 OUTAGE_PATIENCE_SECONDS = 120.0
 
 
+def process_attributes(queue: str, raw: AbstractIncomingMessage) -> dict[str, str | int]:
+    """A CONSUMER span's attributes (OpenTelemetry messaging conventions) for one message."""
+    return {
+        "messaging.system": "rabbitmq",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": raw.exchange or "",
+        "messaging.destination.subscription.name": queue,
+        "messaging.rabbitmq.destination.routing_key": raw.routing_key or "",
+        "messaging.message.id": str(raw.message_id or ""),
+        "messaging.message.conversation_id": str(raw.correlation_id or ""),
+        "messaging.message.body.size": len(raw.body),
+    }
+
+
 def traced(queue: str, handler: Handler, metrics: ServiceMetrics | None = None) -> Handler:
     """`handler` inside a CONSUMER span under the message's context, counted and timed; a
     database outage is waited out in place (`shared.db.outage`) instead of burning redeliveries."""
@@ -162,17 +177,7 @@ def traced(queue: str, handler: Handler, metrics: ServiceMetrics | None = None) 
             f"process {queue}",
             context=telemetry.extract(message.headers),
             kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "rabbitmq",
-                "messaging.operation.type": "process",
-                "messaging.operation.name": "process",
-                "messaging.destination.name": raw.exchange or "",
-                "messaging.destination.subscription.name": queue,
-                "messaging.rabbitmq.destination.routing_key": raw.routing_key or "",
-                "messaging.message.id": str(raw.message_id or ""),
-                "messaging.message.conversation_id": str(raw.correlation_id or ""),
-                "messaging.message.body.size": len(raw.body),
-            },
+            attributes=process_attributes(queue, raw),
         ) as span:
             try:
                 with log_context(generation_id=raw.correlation_id or None):

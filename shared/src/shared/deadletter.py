@@ -10,6 +10,7 @@ confirm, and only then acks the original: at least once, as the broker's own dea
 
 from __future__ import annotations
 
+from aio_pika.abc import AbstractIncomingMessage
 from aiormq import spec
 from faststream.rabbit.annotations import RabbitMessage
 
@@ -23,7 +24,7 @@ QUEUE_HEADER = "x-reelflow-queue"
 
 
 async def dead_letter(message: RabbitMessage, queue: str, reason: str) -> None:
-    if not await _copy_to_dlq(message, queue, reason):
+    if not await copy_to_dlq(message.raw_message, queue, reason):
         await message.reject()
         return
     # Should this ack be lost, the message comes back and is copied again: a duplicate in the
@@ -31,10 +32,10 @@ async def dead_letter(message: RabbitMessage, queue: str, reason: str) -> None:
     await message.ack()
 
 
-async def _copy_to_dlq(message: RabbitMessage, queue: str, reason: str) -> bool:
-    """Publish the copy to the DLX under the work queue's name (each DLQ is bound by it); True
-    once the broker confirmed it. A copy nothing routes comes back (mandatory): False."""
-    raw = message.raw_message
+async def copy_to_dlq(raw: AbstractIncomingMessage, queue: str, reason: str) -> bool:
+    """Publish the copy, on the channel it came on, to the DLX under the work queue's name
+    (each DLQ is bound by it); True once the broker confirmed it. A copy nothing routes comes
+    back (mandatory): False. The caller then acks the original, or rejects it on False."""
     headers = {**(raw.headers or {}), REASON_HEADER: reason[:1000], QUEUE_HEADER: queue}
     properties = spec.Basic.Properties(
         content_type=raw.content_type,

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
-from typing import Any
 
 from shared.api_keys import Caller, Queries
 from shared.auth import could_be_api_key
 from shared.db.models import Conversation, Generation
+from shared.domain.generation_rows import GenerationRow
 from shared.state_machine import Status
 from sqlalchemy import select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -35,31 +33,7 @@ async def owned_generation(
     return gen
 
 
-@dataclass(slots=True)
-class GenerationRow:
-    """The columns of a generation the API shows, read with plain asyncpg (or rebuilt from a
-    lifecycle event): what `Generation` carries for the views, without the ORM's cost (building
-    one `Generation` costs more than the query that reads it)."""
-
-    id: uuid.UUID
-    user_id: uuid.UUID
-    conversation_id: uuid.UUID | None
-    status: str
-    version: int
-    prompt: str
-    auto_confirm: bool
-    params: dict[str, Any]
-    spec: dict[str, Any] | None
-    questions: list[dict[str, Any]]
-    answers: dict[str, Any]
-    estimated_cost_usd: Decimal | None
-    progress: dict[str, Any] | None
-    result: dict[str, Any] | None
-    error: dict[str, Any] | None
-    created_at: datetime
-    updated_at: datetime
-
-
+# `GenerationRow` (shared): the plain row the orchestrator also reads, here by raw asyncpg.
 _ROW_COLUMNS = ", ".join(GenerationRow.__dataclass_fields__)
 _OWNED_ROW = f"SELECT {_ROW_COLUMNS} FROM generations WHERE id = $1 AND user_id = $2"
 

@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 
 from shared.api_keys import Queries
 from shared.db.models import ChatMessage, Generation
+from shared.domain.generation_rows import GenerationRow
 from shared.media import Storage
 from shared.messages import ConversationMessageCreated, LifecycleEvent
 from shared.state_machine import Status
@@ -39,7 +40,6 @@ from sqlmodel import col
 from api.chat_views import messages_out
 from api.conversations import live_generations, messages_of
 from api.live import Subscriber
-from api.queries import GenerationRow
 from api.timeline import REQUESTED, as_generation, event_at, recorded, status_event
 from api.views import generation_out
 

@@ -16,14 +16,13 @@ from datetime import datetime
 from pydantic import ValidationError
 from shared.api_keys import Queries
 from shared.db.models import Generation, OutboxMessage
+from shared.domain.generation_rows import GenerationRow
 from shared.logging import get_logger
 from shared.messages import GenerationRequested, LifecycleEvent
 from shared.state_machine import INITIAL, Event, Status
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
-
-from api.queries import GenerationRow
 
 log = get_logger("TIMELINE")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from shared.db.models import Generation
+from shared.domain.generation_rows import GenerationRow
 from shared.media import Storage
 from shared.schemas import GenerationParams, Question, RenderSpec
 from shared.state_machine import Status
 
-from api.queries import GenerationRow
 from api.schemas import (
     ErrorOut,
     GenerationOut,

@@ -29,14 +29,13 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
-from aiormq import spec
 from opentelemetry.trace import Span, SpanKind
-from shared.consumer import read_checked
-from shared.deadletter import QUEUE_HEADER, REASON_HEADER
+from shared.consumer import process_attributes, read_checked
+from shared.deadletter import copy_to_dlq
 from shared.logging import get_logger
 from shared.messages import Message
 from shared.metrics import ServiceMetrics
-from shared.topology import DEAD_LETTERS, WorkQueue
+from shared.topology import WorkQueue
 
 from shared import telemetry
 
@@ -180,17 +179,7 @@ class QueueConsumer:
             f"process {self.queue.name}",
             context=telemetry.extract(message.headers),
             kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "rabbitmq",
-                "messaging.operation.type": "process",
-                "messaging.operation.name": "process",
-                "messaging.destination.name": message.exchange or "",
-                "messaging.destination.subscription.name": self.queue.name,
-                "messaging.rabbitmq.destination.routing_key": message.routing_key or "",
-                "messaging.message.id": str(message.message_id or ""),
-                "messaging.message.conversation_id": str(message.correlation_id or ""),
-                "messaging.message.body.size": len(message.body),
-            },
+            attributes=process_attributes(self.queue.name, message),
         )
         channel, tag = message.channel, message.delivery_tag or 0
         entry = self._tags.get(id(channel))
@@ -235,45 +224,12 @@ class QueueConsumer:
         """Into the queue's DLQ with the reason (`shared.deadletter`'s way: a copy published
         to the dead-letter exchange with `x-reelflow-reason` and `x-reelflow-queue`, confirmed,
         then the original acked; a plain reject if the copy cannot be made)."""
-        if await self._copy_to_dlq(item, reason):
+        if await copy_to_dlq(item.message, self.queue.name, reason):
             await self.ack([item], outcome="dead_lettered")
         else:
             await self._settle(
                 item, "dead_lettered", lambda: item.channel.basic_reject(item.tag, requeue=False)
             )
-
-    async def _copy_to_dlq(self, item: Received, reason: str) -> bool:
-        raw = item.message
-        properties = spec.Basic.Properties(
-            content_type=raw.content_type,
-            delivery_mode=2,  # persistent, as the original
-            headers={
-                **(raw.headers or {}),
-                REASON_HEADER: reason[:1000],
-                QUEUE_HEADER: self.queue.name,
-            },
-            message_id=raw.message_id,
-            correlation_id=raw.correlation_id,
-            message_type=raw.type,
-            timestamp=raw.timestamp,
-        )
-        try:
-            confirmation = await item.channel.basic_publish(
-                raw.body,
-                exchange=DEAD_LETTERS,
-                routing_key=self.queue.name,
-                properties=properties,
-                mandatory=True,
-            )
-        except Exception as error:  # the channel went away: the broker still dead-letters
-            log.warning(
-                "Dead-letter copy failed; rejecting", queue=self.queue.name, error=repr(error)
-            )
-            return False
-        if not isinstance(confirmation, spec.Basic.Ack):
-            log.warning("Dead-letter copy not confirmed; rejecting", queue=self.queue.name)
-            return False
-        return True
 
     async def _settle(
         self, item: Received, outcome: str, how: Callable[[], Awaitable[None]]

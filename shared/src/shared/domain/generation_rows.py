@@ -1,4 +1,5 @@
-"""A generation read without the ORM, for hot consumers (the orchestrator's handlers).
+"""A generation read without the ORM, for hot paths (the orchestrator's handlers, the API's
+status reads and streams).
 
 Loading a `Generation` through the session costs an ORM load per message (entity construction,
 identity map, `populate_existing`, instrumented attribute sets); a consumer that reads the row,
@@ -24,7 +25,8 @@ _TABLE: Table = Generation.__table__  # type: ignore[attr-defined]
 
 @dataclass(slots=True)
 class GenerationRow:
-    """The `generations` row's columns, as `apply_transition` and `snapshot` read them."""
+    """The `generations` row's columns, as `apply_transition`, `snapshot` and the API's views
+    read them."""
 
     id: uuid.UUID
     user_id: uuid.UUID
@@ -38,16 +40,18 @@ class GenerationRow:
     questions: list[dict[str, Any]]
     answers: dict[str, Any]
     estimated_cost_usd: Decimal | None
-    confirmed_at: datetime | None
     progress: dict[str, Any] | None
     result: dict[str, Any] | None
     error: dict[str, Any] | None
-    idempotency_key: str | None
-    request_hash: str | None
-    trace_context: dict[str, Any] | None
-    status_changed_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    # Read from the table always; left None only in a row the API rebuilds from a lifecycle
+    # event for its views, which do not show them.
+    confirmed_at: datetime | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    trace_context: dict[str, Any] | None = None
+    status_changed_at: datetime | None = None
 
 
 _COLUMNS = [_TABLE.c[f.name] for f in fields(GenerationRow)]
