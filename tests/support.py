@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -62,3 +64,16 @@ async def record_bound(
 
     await queue.consume(record, no_ack=True)
     return seen
+
+
+async def reelflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`reelflow ARGS` as an operator runs it, with `env` on top of ours; never raises on exit."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        ["reelflow", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

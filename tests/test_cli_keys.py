@@ -4,31 +4,18 @@ or by prefix, refusals in one line."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import os
 import re
-import subprocess
 
 import pytest
 from shared.api_keys import authenticate
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tests.support import reelflow
+
 pytestmark = pytest.mark.usefixtures("clean_db")
 KEY = re.compile(r"API key \(shown once\): (rf_live_[A-Za-z0-9_-]{43})$")
-
-
-async def reelflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(
-        subprocess.run,
-        ["reelflow", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 async def test_users_and_keys(

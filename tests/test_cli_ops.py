@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import subprocess
 import uuid
 
 import aio_pika
@@ -16,20 +13,9 @@ from shared.db.models import Generation, User
 from shared.settings import Settings
 
 from tests.e2e.harness import eventually
+from tests.support import reelflow
 
 pytestmark = pytest.mark.usefixtures("clean_db")
-
-
-async def reelflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(
-        subprocess.run,
-        ["reelflow", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 async def _depth(settings: Settings, queue: str) -> int:

@@ -30,6 +30,16 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+async def _first(queue: aio_pika.abc.AbstractQueue) -> aio_pika.abc.AbstractIncomingMessage | None:
+    """The queue's first message, waiting up to 5 s for one (None if none came)."""
+    for _ in range(50):
+        message = await queue.get(fail=False)
+        if message is not None:
+            return message
+        await asyncio.sleep(0.1)
+    return None
+
+
 def forged_completion() -> LifecycleEvent:
     gid = uuid.uuid4()
     return LifecycleEvent(
@@ -76,11 +86,7 @@ async def test_a_worker_can_route_a_forgery_to_the_notifier_only_under_its_own_k
     async with guest:
         reader = await guest.channel()
         queue = await reader.get_queue(topology.NOTIFIER_EVENTS.name)
-        for _ in range(50):
-            message = await queue.get(fail=False)
-            if message is not None:
-                break
-            await asyncio.sleep(0.1)
+        message = await _first(queue)
         assert message is not None
         assert message.routing_key == "render.started" and message.type == forged.TYPE
         # The notifier's consumer reads it as it reads every message: refused, dead-lettered.
@@ -91,11 +97,7 @@ async def test_a_worker_can_route_a_forgery_to_the_notifier_only_under_its_own_k
         wrapped = RabbitMessage(raw_message=message, body=message.body)
         assert await read_or_reject(wrapped, LifecycleEvent, "notifier.events") is None
         dlq = await reader.get_queue(topology.NOTIFIER_EVENTS.dlq)
-        for _ in range(50):
-            dead = await dlq.get(fail=False)
-            if dead is not None:
-                break
-            await asyncio.sleep(0.1)
+        dead = await _first(dlq)
         assert dead is not None and dead.message_id == message.message_id
         reason = str(dead.headers["x-reelflow-reason"])
         assert reason.startswith("unreadable: ") and "routing key 'render.started'" in reason
@@ -122,11 +124,7 @@ async def test_lifecycle_events_under_their_own_key_still_pass(
     async with guest:
         reader = await guest.channel()
         queue = await reader.get_queue(topology.NOTIFIER_EVENTS.name)
-        for _ in range(50):
-            message = await queue.get(fail=False)
-            if message is not None:
-                break
-            await asyncio.sleep(0.1)
+        message = await _first(queue)
         assert isinstance(message, aio_pika.IncomingMessage)
         from faststream.rabbit.message import RabbitMessage
         from shared.consumer import read_or_reject
