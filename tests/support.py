@@ -24,10 +24,19 @@ NO_LIMITS = {
 }
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now and never handed out before in this run: the kernel may offer a port it
+    just released again, and two services given one port make the second one fail to bind."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 async def eventually(check: Callable[[], Any], *, within: float = 60, every: float = 0.05) -> Any:

@@ -11,7 +11,6 @@ import json
 import math
 import os
 import re
-import socket
 import subprocess
 import sys
 import uuid
@@ -30,6 +29,8 @@ from shared.s3_storage import DEFAULT_PART_SIZE, MIB, S3Storage, S3StorageError
 from shared.settings import Settings, SettingsError, load_settings
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tests.support import free_port
+
 BUCKET = "reelflow-test"
 TTL = 900
 _S3_VARS = (
@@ -47,15 +48,9 @@ _S3_VARS = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
@@ -299,7 +294,7 @@ async def test_refused_credentials_name_the_variables(endpoint: str, tmp_path: P
 
 async def test_unreachable_endpoint_names_the_variable(tmp_path: Path) -> None:
     (tmp_path / "v.mp4").write_bytes(b"video")
-    nowhere = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     settings = load_settings(
         S3_ENDPOINT_URL=nowhere,
         S3_BUCKET=BUCKET,
@@ -318,6 +313,7 @@ import asyncio, json, sys, tracemalloc
 from pathlib import Path
 from shared.s3_storage import S3Storage
 from shared.settings import load_settings
+
 
 async def main() -> None:
     path = Path(sys.argv[2])

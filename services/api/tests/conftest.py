@@ -4,7 +4,6 @@ and vhost, driven in-process through httpx's ASGI transport."""
 from __future__ import annotations
 
 import json
-import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -17,11 +16,9 @@ from shared.settings import Settings
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tests.support import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["free_port"]  # the API tests import it from conftest
 
 
 ADMIN_HEADERS = {"Authorization": "Bearer test-admin-key"}
