@@ -15,7 +15,10 @@ from typing import Any
 import psutil
 
 BENCH_DIR = Path(__file__).resolve().parent
-RESULTS = BENCH_DIR / "results"
+# BENCH_RESULTS_DIR: a scratch run (one phase, while working on it) writes there instead, and
+# leaves bench/README.md alone.
+SCRATCH = bool(os.environ.get("BENCH_RESULTS_DIR"))
+RESULTS = Path(os.environ["BENCH_RESULTS_DIR"]) if SCRATCH else BENCH_DIR / "results"
 REPO = BENCH_DIR.parent
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from bench import report
 from bench.common import (
     RESULTS,
+    SCRATCH,
     Row,
     machine,
     rows_json,
@@ -123,7 +124,8 @@ async def main(args: argparse.Namespace) -> int:
     write_json("summary", summary)
     if results.get("phase_profiles"):
         write_json("phase_profiles", results["phase_profiles"])
-    write_readme(summary, rows, results)
+    if not SCRATCH:
+        write_readme(summary, rows, results)
     say(f"done in {summary['wall_seconds']} s; bench/results/summary.json, bench/README.md")
     print(report.table(rows))
     return 0
