@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from shared import telemetry
+from shared import heap, telemetry
 from shared.consumer import traced
 from shared.db.engine import make_sessionmaker
 from shared.logging import get_logger
@@ -264,6 +264,7 @@ class ConsumerService:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
         await self.start()
+        heap.settle()
         try:
             await stopping.wait()
             log.info("Shutdown requested", service=self.runtime.name)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
+from shared.heap import settle
 from shared.settings import Settings
 from shared.telemetry import setup_telemetry
 
@@ -28,6 +30,10 @@ class _Server(uvicorn.Server):
         if realtime is not None:
             realtime.feed.end_streams()
         super().handle_exit(sig, frame)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        settle()  # the garbage collector: the app and its pools are built
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
