@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -17,9 +18,9 @@ from tests.support import free_port
 async def reads(run: Run) -> None:
     """Each of the pipeline's users reads its own latest generation with its own key, in
     turn: 50 connections, as many users."""
+    if len(run.pipeline.completed_by_key) < len(run.pipeline.api_keys):  # e2e skipped: one each
+        await asyncio.gather(*(run.pipeline.one() for _ in run.pipeline.api_keys))
     mine = run.pipeline.completed_by_key
-    if not mine:
-        raise RuntimeError("no completed generation to read")
     seconds = 4.0 if run.args.quick else 6.0
     api = run.stack.api_url
     reads_: list[tuple[str, dict[str, str]]] = []
