@@ -6,9 +6,24 @@ import base64
 import binascii
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Annotated, Protocol
+
+from fastapi import Query
 
 from api.problems import invalid
+
+# A list route's paging parameters.
+Limit = Annotated[int, Query(ge=1, le=100)]
+Cursor = Annotated[str | None, Query(max_length=500)]
+
+
+class Keyed(Protocol):
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def id(self) -> uuid.UUID: ...
 
 
 def encode_cursor(created_at: datetime, id_: uuid.UUID) -> str:
@@ -29,3 +44,13 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise invalid(
             [{"field": "cursor", "location": "query", "message": "not a cursor this API issued"}]
         ) from None
+
+
+def after(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
+    """Where the requested page starts: None for the first page."""
+    return decode_cursor(cursor) if cursor else None
+
+
+def next_cursor(rows: Sequence[Keyed], more: bool) -> str | None:
+    """The cursor of the page after `rows`, when there is one."""
+    return encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None

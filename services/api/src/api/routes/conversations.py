@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from shared.db.models import Conversation
 from shared.domain.understanding import RuleBasedUnderstander, Understander
 from shared.logging import get_logger, log_context
@@ -22,7 +21,7 @@ from api.chat_schemas import (
 from api.chat_views import conversation_out, messages_out
 from api.conversations import messages_of, owned_conversation, page_of_conversations
 from api.deps import AppSettings, AppStorage, CurrentUser, Runtime, Session
-from api.pagination import decode_cursor, encode_cursor
+from api.pagination import Cursor, Limit, after, next_cursor
 from api.problems import responses
 from api.views import generation_out
 
@@ -64,13 +63,13 @@ async def create(
 async def list_conversations(
     user: CurrentUser,
     db: Session,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    limit: Limit = 20,
+    cursor: Cursor = None,
 ) -> ConversationPage:
-    after = decode_cursor(cursor) if cursor else None
-    rows, more = await page_of_conversations(db, user.id, limit=limit, after=after)
-    next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
-    return ConversationPage(items=[conversation_out(c) for c in rows], next_cursor=next_cursor)
+    rows, more = await page_of_conversations(db, user.id, limit=limit, after=after(cursor))
+    return ConversationPage(
+        items=[conversation_out(c) for c in rows], next_cursor=next_cursor(rows, more)
+    )
 
 
 @router.get(

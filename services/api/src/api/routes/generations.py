@@ -15,7 +15,7 @@ from api.creation import create_generation
 from api.deps import AppSettings, AppStorage, CurrentUser, Pg, Runtime, Session
 from api.idempotency import check_key
 from api.moves import Plan, answers_plan, cancel_plan, confirm_plan, move
-from api.pagination import decode_cursor, encode_cursor
+from api.pagination import Cursor, Limit, after, next_cursor
 from api.problems import responses
 from api.queries import (
     GenerationRow,
@@ -99,20 +99,19 @@ async def list_generations(
     conversation_id: Annotated[
         uuid.UUID | None, Query(description="Only the generations of this conversation")
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    limit: Limit = 20,
+    cursor: Cursor = None,
 ) -> GenerationPage:
-    after = decode_cursor(cursor) if cursor else None
+    start = after(cursor)  # a bad cursor is a 422 before anything is looked up
     if conversation_id is not None:
         await ensure_conversation(db, user.id, conversation_id)
     rows, more = await page_of_generations(
-        db, user.id, status=status, limit=limit, after=after, conversation_id=conversation_id
+        db, user.id, status=status, limit=limit, after=start, conversation_id=conversation_id
     )
-    next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
     waiting = await queue_positions(db, rows)
     return GenerationPage(
         items=[await generation_out(g, storage, queue_position=waiting.get(g.id)) for g in rows],
-        next_cursor=next_cursor,
+        next_cursor=next_cursor(rows, more),
     )
 
 

@@ -4,15 +4,15 @@ read the delivery log, redeliver. Another user's ids are 404s, like unknown ones
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Response
 from shared.db.models import WebhookEndpoint
 from shared.logging import get_logger
 from shared.webhook_urls import BadWebhookUrl, internal_reason, normalised_host
 
 from api.deps import AppSettings, CurrentUser, Runtime, Session
-from api.pagination import decode_cursor, encode_cursor
+from api.pagination import Cursor, Limit, after, next_cursor
 from api.problems import invalid, responses
 from api.webhook_schemas import (
     CreateEndpoint,
@@ -39,9 +39,6 @@ from api.webhook_store import (
 
 router = APIRouter(prefix="/v1", tags=["webhooks"])
 log = get_logger("WEBHOOK_ENDPOINT")
-
-Limit = Annotated[int, Query(ge=1, le=100)]
-Cursor = Annotated[str | None, Query(max_length=500)]
 
 
 def check_url(url: str, allow_private: bool) -> None:
@@ -93,10 +90,8 @@ async def create_endpoint(
 async def list_endpoints(
     user: CurrentUser, db: Session, limit: Limit = 20, cursor: Cursor = None
 ) -> EndpointPage:
-    after = decode_cursor(cursor) if cursor else None
-    rows, more = await page_of_endpoints(db, user.id, limit, after)
-    next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
-    return EndpointPage(items=[endpoint_out(r) for r in rows], next_cursor=next_cursor)
+    rows, more = await page_of_endpoints(db, user.id, limit, after(cursor))
+    return EndpointPage(items=[endpoint_out(r) for r in rows], next_cursor=next_cursor(rows, more))
 
 
 @router.get(
@@ -156,10 +151,10 @@ async def list_deliveries(
     cursor: Cursor = None,
 ) -> DeliveryPage:
     endpoint = await owned_endpoint(db, user.id, endpoint_id)
-    after = decode_cursor(cursor) if cursor else None
-    rows, more = await page_of_deliveries(db, endpoint.id, status=status, limit=limit, after=after)
-    next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
-    return DeliveryPage(items=await deliveries_out(db, rows), next_cursor=next_cursor)
+    rows, more = await page_of_deliveries(
+        db, endpoint.id, status=status, limit=limit, after=after(cursor)
+    )
+    return DeliveryPage(items=await deliveries_out(db, rows), next_cursor=next_cursor(rows, more))
 
 
 @router.post(
