@@ -7,10 +7,11 @@ from datetime import datetime
 
 from shared.db.models import ChatMessage, Conversation, Generation
 from shared.state_machine import TERMINAL, Status
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from api.pagination import Position, keyset_page
 from api.problems import not_found
 
 MAX_MESSAGES = 1000  # a conversation's read returns at most this many (the newest)
@@ -34,16 +35,10 @@ async def owned_conversation(
 
 
 async def page_of_conversations(
-    db: AsyncSession, user_id: uuid.UUID, *, limit: int, after: tuple[datetime, uuid.UUID] | None
+    db: AsyncSession, user_id: uuid.UUID, *, limit: int, after: Position | None
 ) -> tuple[list[Conversation], bool]:
     query = select(Conversation).where(col(Conversation.user_id) == user_id)
-    if after is not None:
-        query = query.where(
-            tuple_(col(Conversation.created_at), col(Conversation.id)) < tuple_(*after)
-        )
-    query = query.order_by(col(Conversation.created_at).desc(), col(Conversation.id).desc())
-    rows = list((await db.scalars(query.limit(limit + 1))).all())
-    return rows[:limit], len(rows) > limit
+    return await keyset_page(db, query, Conversation, limit=limit, after=after)
 
 
 async def messages_of(

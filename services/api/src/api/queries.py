@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 
 from shared.api_keys import Caller, Queries
 from shared.auth import could_be_api_key
 from shared.db.models import Conversation, Generation
 from shared.domain.generation_rows import GenerationRow
 from shared.state_machine import Status
-from sqlalchemy import select, text, tuple_
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from api.pagination import Position, keyset_page
 from api.problems import not_found
 
 
@@ -89,7 +89,7 @@ async def page_of_generations(
     *,
     status: Status | None,
     limit: int,
-    after: tuple[datetime, uuid.UUID] | None,
+    after: Position | None,
     conversation_id: uuid.UUID | None = None,
 ) -> tuple[list[Generation], bool]:
     """Up to `limit` generations older than `after`, newest first, and whether more follow."""
@@ -98,14 +98,7 @@ async def page_of_generations(
         query = query.where(Generation.status == status.value)
     if conversation_id is not None:
         query = query.where(Generation.conversation_id == conversation_id)
-    if after is not None:
-        query = query.where(tuple_(Generation.created_at, Generation.id) < tuple_(*after))
-    query = query.order_by(
-        Generation.created_at.desc(),
-        Generation.id.desc(),
-    ).limit(limit + 1)
-    rows = list((await db.scalars(query)).all())
-    return rows[:limit], len(rows) > limit
+    return await keyset_page(db, query, Generation, limit=limit, after=after)
 
 
 _QUEUE = text(

@@ -19,10 +19,11 @@ from datetime import datetime, timedelta
 from shared.db.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, utcnow
 from shared.messages import WebhookDeliveryRequested
 from shared.outbox import enqueue
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from api.pagination import Position, keyset_page
 from api.problems import Problem, not_found
 from api.webhook_schemas import AttemptOut, DeliveryOut, EndpointOut, EndpointWithSecret
 
@@ -73,20 +74,12 @@ async def owned_endpoint(
 
 
 async def page_of_endpoints(
-    db: AsyncSession, user_id: uuid.UUID, limit: int, after: tuple[datetime, uuid.UUID] | None
+    db: AsyncSession, user_id: uuid.UUID, limit: int, after: Position | None
 ) -> tuple[list[WebhookEndpoint], bool]:
     query = select(WebhookEndpoint).where(
         col(WebhookEndpoint.user_id) == user_id, col(WebhookEndpoint.status).in_(VISIBLE)
     )
-    if after is not None:
-        query = query.where(
-            tuple_(col(WebhookEndpoint.created_at), col(WebhookEndpoint.id)) < tuple_(*after)
-        )
-    query = query.order_by(
-        col(WebhookEndpoint.created_at).desc(), col(WebhookEndpoint.id).desc()
-    ).limit(limit + 1)
-    rows = list((await db.scalars(query)).all())
-    return rows[:limit], len(rows) > limit
+    return await keyset_page(db, query, WebhookEndpoint, limit=limit, after=after)
 
 
 async def rotate(
@@ -145,20 +138,12 @@ async def page_of_deliveries(
     *,
     status: str | None,
     limit: int,
-    after: tuple[datetime, uuid.UUID] | None,
+    after: Position | None,
 ) -> tuple[list[WebhookDelivery], bool]:
     query = select(WebhookDelivery).where(col(WebhookDelivery.endpoint_id) == endpoint_id)
     if status is not None:
         query = query.where(col(WebhookDelivery.status) == status)
-    if after is not None:
-        query = query.where(
-            tuple_(col(WebhookDelivery.created_at), col(WebhookDelivery.id)) < tuple_(*after)
-        )
-    query = query.order_by(
-        col(WebhookDelivery.created_at).desc(), col(WebhookDelivery.id).desc()
-    ).limit(limit + 1)
-    rows = list((await db.scalars(query)).all())
-    return rows[:limit], len(rows) > limit
+    return await keyset_page(db, query, WebhookDelivery, limit=limit, after=after)
 
 
 async def owned_delivery(
