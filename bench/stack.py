@@ -24,16 +24,9 @@ from shared.db.migrate import migrate
 from shared.settings import Settings, load_settings
 
 from tests.fakes.fake_veo import FakeVeoProcess
-from tests.infra import PG_BIN, PrivatePostgres, PrivateRabbit
-from tests.support import ADMIN_KEY, free_port
+from tests.infra import PrivatePostgres, PrivateRabbit
+from tests.support import ADMIN_KEY, PORT_VARIABLE, SERVICES, free_port
 
-SERVICES = ("api", "orchestrator", "worker", "notifier")
-PORT_VARIABLE = {
-    "api": "API_PORT",
-    "orchestrator": "ORCHESTRATOR_METRICS_PORT",
-    "worker": "WORKER_METRICS_PORT",
-    "notifier": "NOTIFIER_METRICS_PORT",
-}
 VEO_KEY = "bench-veo-key"
 WORKER_KEY = "bench-worker-key"
 
@@ -46,22 +39,8 @@ class DurablePostgres(PrivatePostgres):
         super().__init__()
         self.fsync = fsync
 
-    def start(self) -> None:
-        options = (
-            f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 "
-            f"-c max_connections=400 -c fsync={'on' if self.fsync else 'off'}"
-        )
-        self._as_postgres(
-            str(PG_BIN / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-w",
-            "-l",
-            str(self.base / "log"),
-            "-o",
-            options,
-            "start",
-        )
+    def server_options(self) -> str:
+        return f"-c max_connections=400 -c fsync={'on' if self.fsync else 'off'}"
 
     @property
     def pid(self) -> int:

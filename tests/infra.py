@@ -140,6 +140,10 @@ class PrivatePostgres:
             ["runuser", "-u", "postgres", "--", *cmd], check=True, capture_output=True, timeout=120
         )
 
+    def server_options(self) -> str:
+        """Throwaway data: no fsync (the benchmark's server keeps it, see bench/stack.py)."""
+        return "-c fsync=off"
+
     def start(self) -> None:
         self._as_postgres(
             str(PG_BIN / "pg_ctl"),
@@ -149,7 +153,7 @@ class PrivatePostgres:
             "-l",
             str(self.base / "log"),
             "-o",
-            f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off",
+            f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 {self.server_options()}",
             "start",
         )
 

@@ -15,6 +15,16 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 ADMIN_KEY = "test-admin-key"
 
+# The services a whole stack runs as processes (`reelflow <name>`), and the variable naming the
+# port each one listens on (the API's HTTP port; the others' health and metrics port).
+SERVICES = ("api", "orchestrator", "worker", "notifier")
+PORT_VARIABLE = {
+    "api": "API_PORT",
+    "orchestrator": "ORCHESTRATOR_METRICS_PORT",
+    "worker": "WORKER_METRICS_PORT",
+    "notifier": "NOTIFIER_METRICS_PORT",
+}
+
 # The abuse limits off (0), for suites and harnesses that drive many requests and generations
 # from one key; the tests of the limits themselves turn them on (services/api/tests).
 NO_LIMITS = {

@@ -9,8 +9,8 @@ from typing import Any
 from bench.common import Row, write_json
 from bench.context import Run, python_json, say
 from bench.e2e import half_rate, measure_point, settle
-from bench.stack import SERVICES
 from bench.timeline import breakdown
+from tests.support import SERVICES
 
 # -- 1. the baseline chain and the pipeline end to end ---------------------------------------
 

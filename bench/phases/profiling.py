@@ -11,7 +11,7 @@ from bench.common import RESULTS, CpuMeter, write_json
 from bench.context import Run, say
 from bench.e2e import settle
 from bench.load import closed_loop
-from bench.stack import SERVICES
+from tests.support import SERVICES
 
 
 async def profile(run: Run) -> None:

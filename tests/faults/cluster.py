@@ -19,15 +19,7 @@ from shared.settings import load_settings
 
 from tests.e2e.harness import Receiver, eventually
 from tests.infra import PrivatePostgres, PrivateRabbit
-from tests.support import ADMIN_KEY, NO_LIMITS, free_port
-
-SERVICES = ("api", "orchestrator", "worker", "notifier")
-PORT_VARIABLE = {
-    "api": "API_PORT",
-    "orchestrator": "ORCHESTRATOR_METRICS_PORT",
-    "worker": "WORKER_METRICS_PORT",
-    "notifier": "NOTIFIER_METRICS_PORT",
-}
+from tests.support import ADMIN_KEY, NO_LIMITS, PORT_VARIABLE, SERVICES, free_port
 
 
 class KillableReceiver:
