@@ -45,8 +45,9 @@ def probe_video(path: pathlib.Path, *, thumbnail: pathlib.Path | None = None) ->
     I/O-bound) and decodes a frame: a truncated MP4 with its moov atom at the
     front still has a valid-looking header, and only reading the data reveals it.
 
-    With `thumbnail`, the decoded frame is the thumbnail's (the middle one, see
-    `render_thumbnail`), saved there: one open and one decode for both instead of two.
+    With `thumbnail`, the decoded frame is the thumbnail's (the keyframe nearest the middle,
+    found by the same demux pass; see `thumbnail_frame`), saved there: one open and one
+    decode for both instead of two.
     """
     try:
         size = path.stat().st_size
@@ -82,12 +83,15 @@ def _probe(path: pathlib.Path, size: int, *, middle: bool) -> tuple[MediaInfo, V
             raise InvalidMedia(f"{path}: video has zero or unknown duration")
 
         packets = 0
+        keyframes: list[int] = []  # their pts: the thumbnail is the one nearest the middle
         for packet in container.demux(stream):
             if packet.size == 0:  # demux() ends with an empty flush packet
                 continue
             if packet.is_corrupt:
                 raise InvalidMedia(f"{path}: corrupt video packet {packets} (truncated file?)")
             packets += 1
+            if packet.is_keyframe and packet.pts is not None:
+                keyframes.append(packet.pts)
         # nb_frames comes from the sample table; fewer readable packets means truncation.
         if packets == 0 or (stream.frames and packets < stream.frames):
             raise InvalidMedia(
@@ -96,8 +100,9 @@ def _probe(path: pathlib.Path, size: int, *, middle: bool) -> tuple[MediaInfo, V
             )
 
         if middle:
-            frame = thumbnail_frame(container, stream)
+            frame = thumbnail_frame(container, stream, keyframes)
         else:
+            stream.codec_context.thread_count = 1  # one frame: threads cost more than it
             container.seek(0)
             frame = next(container.decode(stream), None)
         if frame is None:
