@@ -19,16 +19,14 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-import boto3
 import httpx
 import pytest
-from botocore.config import Config
-from moto.server import ThreadedMotoServer
 from shared.media import build_storage, thumbnail_key, video_key
 from shared.s3_storage import DEFAULT_PART_SIZE, MIB, S3Storage, S3StorageError
 from shared.settings import Settings, SettingsError, load_settings
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tests.fake_s3 import moto_endpoint, s3_client
 from tests.support import free_port
 
 BUCKET = "reelflow-test"
@@ -50,13 +48,8 @@ _S3_VARS = (
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+    with moto_endpoint() as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)
@@ -91,14 +84,7 @@ async def storage(endpoint: str) -> AsyncIterator[S3Storage]:
 @pytest.fixture
 def inspector(endpoint: str) -> Any:
     """A plain boto3 client, to look at what the server stored."""
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        config=Config(s3={"addressing_style": "path"}),
-    )
+    return s3_client(endpoint)
 
 
 def _random_file(path: Path, size: int) -> bytes:

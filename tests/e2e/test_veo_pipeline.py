@@ -18,10 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
-import boto3
 import httpx
 import pytest
-from moto.server import ThreadedMotoServer
 from shared.messages import LifecycleEvent
 from shared.settings import Settings, load_settings
 from shared.topology import EVENTS, declare
@@ -30,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from veo_worker.probe import probe_video
 
 from tests.e2e.harness import Api, eventually, running_pipeline
+from tests.fake_s3 import moto_endpoint, s3_client
 from tests.fakes.fake_veo import FakeVeo, FakeVeoProcess
 from tests.infra import PrivateRabbit
 from tests.support import ADMIN_KEY, free_port
@@ -69,23 +68,8 @@ async def fresh(
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
-def _s3_client(endpoint: str) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
+    with moto_endpoint() as url:
+        yield url
 
 
 async def _user(settings: Settings) -> Api:
@@ -123,7 +107,7 @@ class Stages:
 async def test_a_veo_generation_completes_into_s3_with_the_fakes_video_probed(
     env: dict[str, str], fresh: Any, s3_endpoint: str, tmp_path: Path
 ) -> None:
-    await asyncio.to_thread(_s3_client(s3_endpoint).create_bucket, Bucket=BUCKET)
+    await asyncio.to_thread(s3_client(s3_endpoint).create_bucket, Bucket=BUCKET)
     async with FakeVeo(api_key=KEY, scenario="slow seconds=1.5") as veo:
         settings = load_settings(
             **{
@@ -167,12 +151,12 @@ async def test_a_veo_generation_completes_into_s3_with_the_fakes_video_probed(
 
     assert served.status_code == 200 and served.content == expected
     objects = await asyncio.to_thread(
-        _s3_client(s3_endpoint).list_objects_v2, Bucket=BUCKET, Prefix="videos/"
+        s3_client(s3_endpoint).list_objects_v2, Bucket=BUCKET, Prefix="videos/"
     )
     keys = sorted(o["Key"] for o in objects.get("Contents", []))
     assert len(keys) == 2 and keys[0].endswith(f"/{gen_id}.jpg") and keys[1].endswith(".mp4")
     key = keys[1]
-    stored = await asyncio.to_thread(_s3_client(s3_endpoint).get_object, Bucket=BUCKET, Key=key)
+    stored = await asyncio.to_thread(s3_client(s3_endpoint).get_object, Bucket=BUCKET, Key=key)
     data = await asyncio.to_thread(stored["Body"].read)
     assert data == expected and stored["ContentType"] == "video/mp4"
     path = tmp_path / "stored.mp4"
