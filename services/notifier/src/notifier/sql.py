@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 from opentelemetry.context import Context
+from shared.db.raw import open_pool as open_raw_pool
 from shared.messages import Message
 from shared.settings import Settings
 from shared.topology import COMMANDS, EVENTS, LIVE
@@ -39,24 +40,8 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 )
 
 
-async def _setup(conn: Any) -> None:
-    for name in ("json", "jsonb"):
-        await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-
-
-def dsn(settings: Settings) -> str:
-    url = settings.database_url
-    for prefix in ("postgresql+asyncpg://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql://" + url[len(prefix) :]
-    return url
-
-
 async def open_pool(settings: Settings, *, size: int = POOL_SIZE) -> asyncpg.Pool:
-    pool: asyncpg.Pool = await asyncpg.create_pool(
-        dsn(settings), min_size=1, max_size=size, init=_setup
-    )
-    return pool
+    return await open_raw_pool(settings, size=size, min_size=1)
 
 
 # -- events: inbox, assistant messages, targets, deliveries -------------------------------------
