@@ -93,12 +93,12 @@ async def end_to_end(run: Run) -> None:
     for concurrency in SWEEP:
         if best is not None and best["rate_per_s"] > 0:
             turnover = concurrency / best["rate_per_s"]
-            if turnover > run.turnover_limit:
+            if turnover > run.sweep_turnover_limit:
                 predicted.append({"concurrency": concurrency, "p50_ms": round(1000 * turnover, 1)})
                 run.unmeasured.append(
                     f"end to end at {concurrency} in flight: at {best['rate_per_s']:.1f}/s one "
                     f"turnover takes ~{turnover:.0f} s, over this run's "
-                    f"{run.turnover_limit:.0f} s per point (Little's law: p50 ≈ "
+                    f"{run.sweep_turnover_limit:.0f} s per point (Little's law: p50 ≈ "
                     f"{turnover:.0f} s there)"
                 )
                 continue
@@ -108,7 +108,7 @@ async def end_to_end(run: Run) -> None:
             run.pids,
             concurrency,
             run.window,
-            max_warmup=1.3 * run.turnover_limit,
+            max_warmup=1.3 * run.sweep_turnover_limit,
         )
         data = point.as_dict()
         points.append(data)
