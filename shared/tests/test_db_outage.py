@@ -28,6 +28,16 @@ async def test_a_refused_database_connection_is_an_outage_and_a_bug_is_not() -> 
         assert is_outage(error)  # through SQLAlchemy's pool, as the services meet it
     finally:
         await engine.dispose()
+    pool = await asyncpg.create_pool(
+        f"postgresql://postgres@127.0.0.1:{free_port()}/x", min_size=0, timeout=5
+    )
+    try:
+        async with pool.acquire():
+            raise AssertionError("nothing listens there")
+    except Exception as error:
+        assert is_outage(error)  # through a plain asyncpg pool (the orchestrator's consumers)
+    finally:
+        await pool.close()
     # A refused connection elsewhere (say, a webhook receiver) and plain bugs are not.
     assert not is_outage(ConnectionRefusedError(111, "refused"))
     assert not is_outage(ValueError("bug"))

@@ -12,7 +12,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, DeliveryMode
 from orchestrator.main import build
-from shared.consumer import IdempotentConsumer
+from shared.consumer import PlainIdempotentConsumer
 from shared.db.models import Generation, OutboxMessage, User
 from shared.messages import Message
 from shared.runtime import ConsumerService
@@ -116,10 +116,10 @@ async def bus(prepared: Settings) -> AsyncIterator[Bus]:
 class Running:
     service: ConsumerService
 
-    def consumer(self, queue: str) -> IdempotentConsumer[Any]:
+    def consumer(self, queue: str) -> PlainIdempotentConsumer[Any]:
         for sub in self.service.subscriptions:
             if sub.queue.name == queue:
-                assert isinstance(sub.handler, IdempotentConsumer)
+                assert isinstance(sub.handler, PlainIdempotentConsumer)
                 return sub.handler
         raise KeyError(queue)
 

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 from orchestrator.handlers import Handlers
+from orchestrator.sql import open_pool
+from shared.consumer import Transaction
 from shared.db.models import Generation
 from shared.messages import RenderReported
 from shared.schemas import ErrorInfo, Progress, RenderResult
@@ -192,10 +194,12 @@ async def test_concurrent_reports_of_one_generation_wait_for_each_other(
     re-read and re-run."""
     handlers = Handlers(prepared)
     gen = await rows.confirmed()
+    pool = await open_pool(prepared, size=2)
 
     async def second() -> None:
-        async with sessions() as session, session.begin():
-            await handlers.reported(session, progress(gen.id, 40))
+        async with pool.acquire() as conn, conn.transaction():
+            tx = Transaction(conn, "orchestrator.reports", str(uuid.uuid4()), None)
+            await handlers.reported(tx, progress(gen.id, 40))
 
     async def waiting_on_a_lock() -> bool:
         async with sessions() as session:
@@ -208,11 +212,15 @@ async def test_concurrent_reports_of_one_generation_wait_for_each_other(
             return bool(waiting)
 
     caplog.set_level(logging.INFO, logger="reelflow.orchestrator")
-    async with sessions() as session, session.begin():
-        await handlers.reported(session, started(gen.id))
-        task = asyncio.create_task(second())
-        await eventually(waiting_on_a_lock)
-    await task
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            tx = Transaction(conn, "orchestrator.reports", str(uuid.uuid4()), None)
+            await handlers.reported(tx, started(gen.id))
+            task = asyncio.create_task(second())
+            await eventually(waiting_on_a_lock)
+        await task
+    finally:
+        await pool.close()
 
     assert not [r for r in caplog.records if "concurrently" in r.getMessage()]
     row = await rows.get(gen.id)

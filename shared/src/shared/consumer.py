@@ -15,7 +15,7 @@ annotations at runtime to inject the raw message.)
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from aio_pika.abc import AbstractIncomingMessage
 from faststream.message import AckStatus
@@ -27,11 +27,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared import telemetry
 from shared.db.outage import outlast_outage
 from shared.deadletter import dead_letter
-from shared.inbox import claim
+from shared.inbox import claim, claim_plain
 from shared.logging import get_logger, log_context
 from shared.messages import Message, UnknownMessage, parse_message
 from shared.metrics import ServiceMetrics
-from shared.outbox import RELAY_KEY, OutboxRelay
+from shared.outbox import RELAY_KEY, OutboxRelay, Outgoing
 
 log = get_logger("CONSUMER")
 
@@ -96,6 +96,104 @@ class IdempotentConsumer(Generic[M]):
 
     async def _parse(self, message: RabbitMessage) -> M | None:
         return await read_or_reject(message, self.message_type, self.name)
+
+
+class Transaction:
+    """One message's transaction on a plain asyncpg connection (`PlainIdempotentConsumer`).
+
+    The handler's first statement claims the message in the inbox: `claim()`, or its own
+    statement with `shared.inbox.claim_cte` in it, after which it sets `fresh`. A handler that
+    finds the message already applied (`fresh` False) returns without doing anything. Outgoing
+    messages go to `outgoing` (written by the handler's statements, handed to the relay after
+    the commit); `on_commit` callbacks run once the transaction committed (metrics)."""
+
+    def __init__(
+        self,
+        conn: Any,
+        consumer: str,
+        message_id: str,
+        relay: OutboxRelay | None,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
+        self.conn = conn
+        self.consumer = consumer
+        self.message_id = message_id
+        self.outgoing = Outgoing(relay)
+        self.metrics = metrics
+        self.fresh: bool | None = None
+        self._on_commit: list[Callable[[], None]] = []
+
+    async def claim(self) -> bool:
+        self.fresh = await claim_plain(self.conn, self.consumer, self.message_id)
+        return self.fresh
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        self._on_commit.append(callback)
+
+    def committed(self) -> None:
+        self.outgoing.committed()
+        for callback in self._on_commit:
+            callback()
+
+
+class PlainIdempotentConsumer(Generic[M]):
+    """`IdempotentConsumer` on plain asyncpg: the same contract (parse or dead-letter, claim
+    in the inbox, apply, commit, then ack; `PermanentError` dead-letters), with the handler's
+    statements run on a pooled asyncpg connection instead of an `AsyncSession` — no ORM
+    session, no statement compilation, no greenlet per statement, and the claim and the
+    outbox rows can share a round trip with the handler's own statements."""
+
+    def __init__(
+        self,
+        name: str,
+        message_type: type[M],
+        handler: Callable[[Transaction, M], Awaitable[None]],
+        pool: Callable[[], Any],
+        relay: OutboxRelay,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
+        self.name = name
+        self.message_type = message_type
+        self.handler = handler
+        self.pool = pool  # the pool, once opened (the service opens it at start)
+        self.relay = relay
+        self.metrics = metrics
+        self.handled = 0
+        self.duplicates = 0
+
+    async def __call__(self, message: RabbitMessage) -> None:
+        raw = message.raw_message
+        with log_context(
+            consumer=self.name, message_id=raw.message_id, generation_id=raw.correlation_id
+        ):
+            parsed = await read_or_reject(message, self.message_type, self.name)
+            if parsed is None:
+                return
+            user_id = getattr(parsed, "user_id", None)
+            try:
+                with log_context(user_id=str(user_id) if user_id else None):
+                    tx = await self.apply(parsed, str(raw.message_id))
+            except PermanentError as exc:
+                log.error("Message dead-lettered", type=raw.type, reason=str(exc))
+                await dead_letter(message, self.name, f"permanent failure: {exc}")
+                return
+            if not tx.fresh:
+                self.duplicates += 1
+                log.info("Duplicate ignored", type=raw.type)
+                return
+            self.handled += 1
+
+    async def apply(self, parsed: M, message_id: str) -> Transaction:
+        """Run the handler in one transaction, committed when it returns; what it did."""
+        async with self.pool().acquire() as conn:
+            tx = Transaction(conn, self.name, message_id, self.relay, self.metrics)
+            async with conn.transaction():
+                await self.handler(tx, parsed)
+                if tx.fresh is None:
+                    raise RuntimeError(f"{self.name}: the handler did not claim its message")
+        if tx.fresh:
+            tx.committed()
+        return tx
 
 
 async def read_or_reject(message: RabbitMessage, message_type: type[M], consumer: str) -> M | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,3 +17,25 @@ async def claim(session: AsyncSession, consumer: str, message_id: str) -> bool:
     """True the first time; False if this consumer already applied the message."""
     result = await session.execute(_CLAIM, {"c": consumer, "m": message_id})
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+# Plain asyncpg: the same claim, on its own or as a CTE (`claimed`, one row when new) of the
+# statement that first reads what the message is about (one round trip for both).
+CLAIM_PLAIN = (
+    "INSERT INTO inbox (consumer, message_id, handled_at) VALUES ($1, $2, now()) "
+    "ON CONFLICT DO NOTHING"
+)
+
+
+def claim_cte(consumer: int, message_id: int) -> str:
+    """`claimed AS (…)`: the claim with its two values bound to `$consumer`, `$message_id`."""
+    return (
+        f"claimed AS (INSERT INTO inbox (consumer, message_id, handled_at) "
+        f"VALUES (${consumer}, ${message_id}, now()) ON CONFLICT DO NOTHING RETURNING 1)"
+    )
+
+
+async def claim_plain(conn: Any, consumer: str, message_id: str) -> bool:
+    """`claim` on an asyncpg connection, in its transaction."""
+    status: str = await conn.execute(CLAIM_PLAIN, consumer, message_id)
+    return status.endswith(" 1")

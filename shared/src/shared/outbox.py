@@ -63,6 +63,15 @@ def enqueue(
     current trace context is stored with the row (it replaces a `traceparent` in `headers`,
     which stays only when there is no current context). The row is written by the commit
     (just before it), in the same transaction; a rollback drops it."""
+    session.info.setdefault(_STAGED, []).append(
+        _row(message, headers=headers, routing_key=routing_key)
+    )
+
+
+def _row(
+    message: Message, *, headers: dict[str, Any] | None, routing_key: str | None
+) -> dict[str, Any]:
+    """The row `message` is staged as (its trace context and user in its headers)."""
     exchange = (
         COMMANDS
         if message.TYPE in _COMMAND_TYPES
@@ -70,17 +79,15 @@ def enqueue(
         if message.TYPE in _LIVE_TYPES
         else EVENTS
     )
-    session.info.setdefault(_STAGED, []).append(
-        {
-            "message_id": uuid.uuid4(),
-            "exchange": exchange,
-            "routing_key": routing_key or message.routing_key,
-            "type": message.TYPE,
-            "correlation_id": message.correlation_id,
-            "body": message.model_dump_json(),
-            "headers": _traced(headers, message),
-        }
-    )
+    return {
+        "message_id": uuid.uuid4(),
+        "exchange": exchange,
+        "routing_key": routing_key or message.routing_key,
+        "type": message.TYPE,
+        "correlation_id": message.correlation_id,
+        "body": message.model_dump_json(),
+        "headers": _traced(headers, message),
+    }
 
 
 # Kept with the row for the publish span's labels, never sent: a message without `user_id`
@@ -180,6 +187,85 @@ def install_outbox_hooks() -> None:
         event.listen(Session, "before_commit", _write_staged)
         event.listen(Session, "after_commit", _hand_over)
         event.listen(Session, "after_soft_rollback", _drop_staged)
+
+
+# -- plain asyncpg transactions ------------------------------------------------------------------
+
+
+def plain_insert(first: int, *, where: str | None = None) -> str:
+    """The INSERT of an `Outgoing`'s rows (its `arrays()` bound to `$first` … `$first+6`), one
+    statement for all of them, returning each row's `id` and `message_id`: on its own, or as a
+    CTE of the caller's statement (one round trip for a state change and its messages), then
+    perhaps only `where` a condition on the statement's other CTEs holds."""
+    p = [f"${first + i}" for i in range(7)]
+    return (
+        f"INSERT INTO outbox ({_COLUMNS}, created_at) "
+        f"SELECT m, e, r, t, c, b, h::jsonb, now() FROM unnest({p[0]}::uuid[], {p[1]}::text[], "
+        f"{p[2]}::text[], {p[3]}::text[], {p[4]}::text[], {p[5]}::text[], {p[6]}::text[]) "
+        f"AS u(m, e, r, t, c, b, h) {f'WHERE {where} ' if where else ''}RETURNING id, message_id"
+    )
+
+
+class Outgoing:
+    """The outbox rows of one transaction on a plain asyncpg connection: what `enqueue` stages
+    on a session. The caller writes them in its transaction (`plain_insert` with `arrays()`,
+    then `written()` with what it returned), and calls `committed()` after the commit, which
+    hands them to the relay to be published now, as a session's commit hands its rows over."""
+
+    def __init__(self, relay: OutboxRelay | None) -> None:
+        self.relay = relay
+        self.rows: list[dict[str, Any]] = []  # written in this transaction
+
+    @staticmethod
+    def stage(
+        message: Message,
+        *,
+        headers: dict[str, Any] | None = None,
+        routing_key: str | None = None,
+    ) -> dict[str, Any]:
+        """`message` as a row to write (as `enqueue` stages it: the current trace context and
+        user kept with it)."""
+        return _row(message, headers=headers, routing_key=routing_key)
+
+    @property
+    def _handing(self) -> bool:
+        return self.relay is not None and self.relay.running
+
+    def arrays(self, rows: list[dict[str, Any]]) -> list[list[Any]]:
+        """The seven arrays `plain_insert` takes, for `rows`."""
+        handing = self._handing
+        headers = []
+        for row in rows:
+            stored = row["headers"]
+            if handing:
+                stored = {**stored, _HANDED: 1}
+            headers.append(json.dumps(stored))
+        return [
+            [r["message_id"] for r in rows],
+            [r["exchange"] for r in rows],
+            [r["routing_key"] for r in rows],
+            [r["type"] for r in rows],
+            [r["correlation_id"] for r in rows],
+            [r["body"] for r in rows],
+            headers,
+        ]
+
+    def written(self, rows: list[dict[str, Any]], returned: Any) -> None:
+        """`rows` were inserted (`returned`: the INSERT's `(id, message_id)` pairs)."""
+        ids = {message_id: row_id for row_id, message_id in returned}
+        for row in rows:
+            row["id"] = ids[row["message_id"]]
+        self.rows.extend(rows)
+
+    def committed(self) -> None:
+        """After the commit: the written rows go to the relay, to be published now (with no
+        running relay, a relay's next round claims them)."""
+        rows, self.rows = self.rows, []
+        if rows and self.relay is not None:
+            if self._handing:
+                self.relay.hand_over(rows)
+            else:
+                self.relay.wake()
 
 
 class OutboxRelay:

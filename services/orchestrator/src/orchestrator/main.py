@@ -2,64 +2,85 @@
 
 from __future__ import annotations
 
-from shared.consumer import IdempotentConsumer
+from shared.consumer import PlainIdempotentConsumer
 from shared.messages import GenerationRequested, LifecycleEvent, RenderReported
 from shared.runtime import ConsumerService, ServiceRuntime, Subscription
 from shared.settings import Settings
 from shared.topology import ORCHESTRATOR_CONFIRMATIONS, ORCHESTRATOR_REPORTS, ORCHESTRATOR_REQUESTS
 
+from orchestrator import sql
 from orchestrator.handlers import Handlers
 from orchestrator.sweeper import Sweeper
 
 
 class OrchestratorService(ConsumerService):
-    """The consumers, plus the sweeper that enforces deadlines and prunes the outbox/inbox."""
+    """The consumers (on a plain asyncpg pool of their own), plus the sweeper that enforces
+    deadlines and prunes the outbox/inbox (on the runtime's SQLAlchemy engine)."""
 
     def __init__(
-        self, runtime: ServiceRuntime, subscriptions: list[Subscription], health_port: int
+        self,
+        runtime: ServiceRuntime,
+        subscriptions: list[Subscription],
+        health_port: int,
+        pool: sql.PoolHolder,
     ) -> None:
         super().__init__(runtime, subscriptions, health_port=health_port)
         self.sweeper = Sweeper(runtime.sessions, runtime.relay, runtime.settings)
+        self.pool = pool
 
     async def start(self) -> None:
+        await self.pool.open(self.runtime.settings)
         await super().start()
         self.sweeper.start()
 
     async def stop(self) -> None:
         await self.sweeper.stop()
         await super().stop()
+        await self.pool.close()
 
 
 def build(settings: Settings) -> OrchestratorService:
     runtime = ServiceRuntime.build("orchestrator", settings)
     handlers = Handlers(settings)
-    sessions, relay = runtime.sessions, runtime.relay
+    pool = sql.PoolHolder()
+    relay, metrics = runtime.relay, runtime.metrics
     # The inbox consumer name is the queue's name: one inbox per queue.
     subscriptions = [
         Subscription(
             ORCHESTRATOR_REQUESTS,
-            IdempotentConsumer(
+            PlainIdempotentConsumer(
                 ORCHESTRATOR_REQUESTS.name,
                 GenerationRequested,
                 handlers.requested,
-                sessions,
+                pool.get,
                 relay,
+                metrics,
             ),
         ),
         Subscription(
             ORCHESTRATOR_CONFIRMATIONS,
-            IdempotentConsumer(
-                ORCHESTRATOR_CONFIRMATIONS.name, LifecycleEvent, handlers.confirmed, sessions, relay
+            PlainIdempotentConsumer(
+                ORCHESTRATOR_CONFIRMATIONS.name,
+                LifecycleEvent,
+                handlers.confirmed,
+                pool.get,
+                relay,
+                metrics,
             ),
         ),
         Subscription(
             ORCHESTRATOR_REPORTS,
-            IdempotentConsumer(
-                ORCHESTRATOR_REPORTS.name, RenderReported, handlers.reported, sessions, relay
+            PlainIdempotentConsumer(
+                ORCHESTRATOR_REPORTS.name,
+                RenderReported,
+                handlers.reported,
+                pool.get,
+                relay,
+                metrics,
             ),
         ),
     ]
-    return OrchestratorService(runtime, subscriptions, settings.metrics_port_orchestrator)
+    return OrchestratorService(runtime, subscriptions, settings.metrics_port_orchestrator, pool)
 
 
 async def serve(settings: Settings) -> None:

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.consumer import PermanentError
+from shared.consumer import PermanentError, Transaction
 from shared.domain.generation_rows import GenerationRow
-from shared.domain.transitions import apply_transition
 from shared.logging import get_logger
 from shared.media import thumbnail_key, video_key
 from shared.messages import RenderReported
 from shared.schemas import ErrorInfo, Progress
 from shared.state_machine import Status, Trigger
-from sqlalchemy.ext.asyncio import AsyncSession
+
+from orchestrator.generations import transition
 
 log = get_logger("ORCHESTRATOR")
 
@@ -56,7 +56,7 @@ def check_plausible(gen: GenerationRow, report: RenderReported) -> None:
             raise PermanentError("a succeeded report naming files of another generation")
 
 
-async def apply_report(session: AsyncSession, gen: GenerationRow, report: RenderReported) -> None:
+async def apply_report(tx: Transaction, gen: GenerationRow, report: RenderReported) -> None:
     check_plausible(gen, report)
     status = Status(gen.status)
     if status not in (Status.CONFIRMED, Status.PROCESSING):
@@ -65,17 +65,15 @@ async def apply_report(session: AsyncSession, gen: GenerationRow, report: Render
         return
     if report.kind == "failed":
         error = report.error or ErrorInfo(code="internal", message="the render failed")
-        await apply_transition(
-            session, gen, Trigger.RENDER_FAILED, error=_json(error), progress=None
-        )
+        await transition(tx, gen, Trigger.RENDER_FAILED, error=_json(error), progress=None)
         log.info("Generation failed", code=error.code)
         return
     if status == Status.CONFIRMED:
         # The processing event carries the reported stage, so a first `progress` report needs
         # no separate progress event.
         first = report.progress if report.kind != "succeeded" and report.progress else None
-        await apply_transition(
-            session, gen, Trigger.RENDER_STARTED, progress=_json(first or Progress(stage="queued"))
+        await transition(
+            tx, gen, Trigger.RENDER_STARTED, progress=_json(first or Progress(stage="queued"))
         )
         log.info("Generation processing", stage=(first.stage if first else "queued"))
         if report.kind != "succeeded":
@@ -84,10 +82,10 @@ async def apply_report(session: AsyncSession, gen: GenerationRow, report: Render
         if report.progress is None or not is_newer(gen.progress, report.progress):
             log.debug("Stale progress ignored", progress=report.progress)
             return
-        await apply_transition(session, gen, Trigger.PROGRESS, progress=_json(report.progress))
+        await transition(tx, gen, Trigger.PROGRESS, progress=_json(report.progress))
     elif report.kind == "succeeded" and report.result is not None:
-        await apply_transition(
-            session,
+        await transition(
+            tx,
             gen,
             Trigger.RENDER_SUCCEEDED,
             result=report.result.model_dump(mode="json"),
