@@ -15,6 +15,7 @@ import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -46,12 +47,22 @@ class QuotaExceeded(Exception):
         self.limit = limit  # "concurrent_generations" or "video_seconds_per_day"
 
 
-_CONCURRENT = text(
-    "SELECT count(*) FROM generations WHERE user_id = :u AND status IN ('confirmed', 'processing')"
+# Plain asyncpg statements: the orchestrator runs them on its own connections, the API on its
+# session's (`check`). The lock is a statement of its own, before the usage is read: in READ
+# COMMITTED each statement takes its snapshot when it starts, so the read that follows the lock
+# sees what the user's last confirmation committed (one statement would read an older one).
+LOCK_USER = "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE"
+_LOCK_USER = text("SELECT 1 FROM users WHERE id = :u FOR NO KEY UPDATE")  # the same, on a session
+USAGE = (
+    "SELECT (SELECT count(*) FROM generations WHERE user_id = $1 "
+    "AND status IN ('confirmed', 'processing')) AS running, "
+    "(SELECT COALESCE(sum(COALESCE((spec->>'duration_seconds')::numeric, 0)), 0) "
+    "FROM generations WHERE user_id = $1 AND confirmed_at > $2) AS seconds"
 )
-_SPENT = text(
+# Only when over the daily limit: when enough of it frees up.
+SPENT = (
     "SELECT confirmed_at, COALESCE((spec->>'duration_seconds')::numeric, 0) AS seconds "
-    "FROM generations WHERE user_id = :u AND confirmed_at > :since ORDER BY confirmed_at"
+    "FROM generations WHERE user_id = $1 AND confirmed_at > $2 ORDER BY confirmed_at"
 )
 
 
@@ -64,19 +75,51 @@ async def check(
     extra_seconds: float = 0,
     now: datetime | None = None,
 ) -> None:
-    """Raise `QuotaExceeded` if the user is over a limit, counting what the transaction has
-    confirmed so far plus `extra_*` (a check before the generation exists)."""
+    """`check_on` the session's connection, inside its transaction. The lock goes through the
+    session: that writes what it holds unwritten first (the transaction's own confirmation
+    counts) and begins the transaction on the connection if nothing has yet (a lock taken
+    outside one would be let go at once)."""
+    if not limits.max_concurrent and not limits.seconds_per_day:
+        return
+    await session.execute(_LOCK_USER, {"u": user_id})
+    raw = await (await session.connection()).get_raw_connection()
+    await check_on(
+        raw.driver_connection,
+        user_id,
+        limits,
+        extra_generations=extra_generations,
+        extra_seconds=extra_seconds,
+        now=now,
+        locked=True,
+    )
+
+
+async def check_on(
+    conn: Any,
+    user_id: uuid.UUID,
+    limits: Limits,
+    *,
+    extra_generations: int = 0,
+    extra_seconds: float = 0,
+    now: datetime | None = None,
+    locked: bool = False,
+) -> None:
+    """Raise `QuotaExceeded` if the user is over a limit, counting what the transaction on
+    `conn` (an asyncpg connection, in a transaction) has confirmed so far plus `extra_*` (a
+    check before the generation exists). Two round trips when under the limits (one when the
+    caller has `locked` the user's row)."""
     if not limits.max_concurrent and not limits.seconds_per_day:
         return
     now = now or utcnow()
     # One quota check per user at a time. NO KEY UPDATE, not UPDATE: the confirming transaction
     # may already hold a KEY SHARE on this row (the foreign-key check of its own second write
     # to the generation), and two of them upgrading to FOR UPDATE would deadlock.
-    await session.execute(
-        text("SELECT 1 FROM users WHERE id = :u FOR NO KEY UPDATE"), {"u": user_id}
-    )
+    if not locked:
+        await conn.execute(LOCK_USER, user_id)
+    since = now - WINDOW
+    usage = await conn.fetchrow(USAGE, user_id, since)
     if limits.max_concurrent:
-        running = int(await session.scalar(_CONCURRENT, {"u": user_id}) or 0) + extra_generations
+        running = int(usage["running"]) + extra_generations
         if running > limits.max_concurrent:
             raise QuotaExceeded(
                 f"at most {limits.max_concurrent} generations may be confirmed or processing at "
@@ -85,12 +128,12 @@ async def check(
                 "concurrent_generations",
             )
     if limits.seconds_per_day:
-        spent = [
-            (row.confirmed_at, float(row.seconds))
-            for row in await session.execute(_SPENT, {"u": user_id, "since": now - WINDOW})
-        ]
-        over = sum(s for _, s in spent) + extra_seconds - limits.seconds_per_day
+        over = float(usage["seconds"]) + extra_seconds - limits.seconds_per_day
         if over > 0:
+            spent = [
+                (row["confirmed_at"], float(row["seconds"]))
+                for row in await conn.fetch(SPENT, user_id, since)
+            ]
             raise QuotaExceeded(
                 f"at most {limits.seconds_per_day} seconds of video may be confirmed in 24 hours",
                 _until_freed(spent, over, now),
