@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
@@ -119,6 +120,9 @@ _CLAIM = text(
 _MARK = text("UPDATE outbox SET published_at = now() WHERE id = ANY(:ids)")
 _MARK_HANDED = text(
     "UPDATE outbox SET published_at = now() WHERE id = ANY(:ids) AND published_at IS NULL"
+)
+_MARK_HANDED_PLAIN = (
+    "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[]) AND published_at IS NULL"
 )
 _INSERTS: dict[int, Any] = {}
 
@@ -291,6 +295,10 @@ class OutboxRelay:
         self._claim = True  # claim waiting rows at the next round (poll, or `wake()`)
         self._unmarked: list[int] = []  # published (confirmed) handed-over rows to mark
         self._marker: asyncio.Task[None] | None = None
+        # A plain asyncpg pool (a callable returning it) to mark published rows with, when the
+        # process has one (`use_pool`): one autocommitted statement instead of a session's
+        # BEGIN, UPDATE, COMMIT.
+        self._pool: Callable[[], Any] | None = None
         self.published = 0
 
     def wake(self) -> None:
@@ -303,6 +311,10 @@ class OutboxRelay:
         else:
             self._claim = True
         self._wake.set()
+
+    def use_pool(self, pool: Callable[[], Any]) -> None:
+        """Mark published rows through this asyncpg pool (`pool()` returns it) from now on."""
+        self._pool = pool
 
     def hand_over(self, rows: list[dict[str, Any]]) -> None:
         """Committed rows (with their ids), to publish now (the commit hook calls this)."""
@@ -385,8 +397,11 @@ class OutboxRelay:
         while self._unmarked:
             ids, self._unmarked = self._unmarked, []
             try:
-                async with self._sessions() as session, session.begin():
-                    await session.execute(_MARK_HANDED, {"ids": ids})
+                if self._pool is not None:
+                    await self._pool().execute(_MARK_HANDED_PLAIN, ids)
+                else:
+                    async with self._sessions() as session, session.begin():
+                        await session.execute(_MARK_HANDED, {"ids": ids})
             except Exception as exc:  # they are published again after the grace: harmless
                 log.warning("Marking published rows failed", error=str(exc)[:300])
 

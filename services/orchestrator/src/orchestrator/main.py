@@ -44,6 +44,7 @@ def build(settings: Settings) -> OrchestratorService:
     handlers = Handlers(settings)
     pool = sql.PoolHolder()
     relay, metrics = runtime.relay, runtime.metrics
+    relay.use_pool(pool.get)  # marks published rows on it too
     # The inbox consumer name is the queue's name: one inbox per queue.
     subscriptions = [
         Subscription(
