@@ -8,6 +8,13 @@ process that lost it writes nothing). A killed process's jobs are claimed again 
 once their lease has expired; a stopping process hands its jobs back at once.
 
 Each report to the orchestrator is an outbox row committed with the job's new state.
+
+A job's own steps (claiming queued jobs, the submission marker, the operation name, progress,
+the end) run on a plain asyncpg pool: each write and its report is one statement (a
+data-modifying CTE: one round trip, atomic by itself), its outbox row handed to the relay at
+once as a session's commit would. Through SQLAlchemy's session each cost a transaction of
+three to five round trips plus the session's own work, on every job. What runs rarely (the
+command's record, in the consumer's transaction; retries, takeovers, the heartbeat) keeps it.
 """
 
 from __future__ import annotations
@@ -21,12 +28,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared.logging import get_logger
+import asyncpg
+from shared.db.raw import open_pool
+from shared.logging import current_context, get_logger
 from shared.messages import RenderReported, RenderReportKind, RenderRequested
 from shared.outbox import OutboxRelay, enqueue
 from shared.schemas import ErrorInfo, Progress, RenderResult, RenderSpec
+from shared.settings import Settings
 from shared.state_machine import Status
-from shared.telemetry import carrier
+from shared.telemetry import carrier, inject
+from shared.topology import EVENTS
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -86,6 +97,26 @@ def _job(row: Any, *, resumed: bool) -> Job:
     )
 
 
+def _job_record(row: asyncpg.Record, *, resumed: bool) -> Job:
+    spec, trace = row["spec"], row["trace_context"]
+    return Job(
+        generation_id=row["generation_id"],
+        user_id=row["user_id"],
+        provider=row["provider"],
+        status=row["status"],
+        spec=RenderSpec.model_validate(spec),
+        operation_name=row["operation_name"],
+        attempts=row["attempts"],
+        transient_errors=row["transient_errors"],
+        poll_count=row["poll_count"],
+        submitted_at=row["submitted_at"],
+        deadline_at=row["deadline_at"],
+        created_at=row["created_at"],
+        resumed=resumed,
+        trace_context=trace,
+    )
+
+
 def _free(alias: str = "") -> str:
     prefix = f"{alias}." if alias else ""
     return f"({prefix}lease_until IS NULL OR {prefix}lease_until < now())"
@@ -105,29 +136,6 @@ _CLAIM_STARTED = text(
     WHERE j.generation_id = c.generation_id
     RETURNING {", ".join("j." + c.strip() for c in _COLUMNS.split(","))}
     """
-)
-
-# Queued jobs, oldest first (a local render starts `running`; a Veo job stays `queued` until
-# its flow marks it `submitting`). A retry after a transient error is not a new attempt.
-_CLAIM_QUEUED = text(
-    f"""
-    UPDATE render_jobs j SET lease_owner = :me,
-        lease_until = now() + make_interval(secs => :lease),
-        status = :status,
-        attempts = j.attempts + CASE WHEN j.transient_errors = 0 THEN 1 ELSE 0 END,
-        updated_at = now()
-    FROM (SELECT generation_id FROM render_jobs
-          WHERE provider = :provider AND status = 'queued' AND {_free()}
-            AND (due_at IS NULL OR due_at <= now())
-          ORDER BY created_at LIMIT :n FOR UPDATE SKIP LOCKED) c
-    WHERE j.generation_id = c.generation_id
-    RETURNING {", ".join("j." + c.strip() for c in _COLUMNS.split(","))}
-    """
-)
-
-_ANY_QUEUED = text(
-    f"""SELECT EXISTS (SELECT 1 FROM render_jobs WHERE provider = :provider
-        AND status = 'queued' AND {_free()} AND (due_at IS NULL OR due_at <= now()))"""
 )
 
 # Queued jobs whose generation ended (cancelled while waiting for a submission slot).
@@ -157,24 +165,100 @@ _LOOK = text(
     """
 )
 
-# A job's end: its status, or `cancelled` when its generation ended meanwhile (then no report
-# is written and `error` is left as it was), with the lease given up.
-_FINISH = text(
+_NEW_WINDOW = text("INSERT INTO submit_windows (name) VALUES (:n) ON CONFLICT DO NOTHING")
+
+
+# -- plain asyncpg: a job's own steps ---------------------------------------------------------
+
+# Queued jobs, oldest first (a local render starts `running`; a Veo job stays `queued` until
+# its flow marks it `submitting`). A retry after a transient error is not a new attempt.
+_CLAIM_QUEUED_RAW = f"""
+    UPDATE render_jobs j SET lease_owner = $1,
+        lease_until = now() + make_interval(secs => $2::float8),
+        status = $3,
+        attempts = j.attempts + CASE WHEN j.transient_errors = 0 THEN 1 ELSE 0 END,
+        updated_at = now()
+    FROM (SELECT generation_id FROM render_jobs
+          WHERE provider = $4 AND status = 'queued' AND {_free()}
+            AND (due_at IS NULL OR due_at <= now())
+          ORDER BY created_at LIMIT $5 FOR UPDATE SKIP LOCKED) c
+    WHERE j.generation_id = c.generation_id
+    RETURNING {", ".join("j." + c.strip() for c in _COLUMNS.split(","))}
     """
-    UPDATE render_jobs j SET
-        status = CASE WHEN g.status = ANY(:ended) THEN 'cancelled' ELSE :status END,
-        error = CASE WHEN g.status = ANY(:ended) THEN j.error ELSE CAST(:error AS jsonb) END,
-        lease_owner = NULL, lease_until = NULL, next_poll_at = NULL, updated_at = now()
-    FROM generations g
-    WHERE j.generation_id = :id AND j.lease_owner = :me AND g.id = j.generation_id
-    RETURNING g.status AS generation_status
-    """
+_ANY_QUEUED_RAW = f"""SELECT EXISTS (SELECT 1 FROM render_jobs WHERE provider = $1
+    AND status = 'queued' AND {_free()} AND (due_at IS NULL OR due_at <= now()))"""
+_WINDOW_RAW = (
+    "SELECT now() AS now, stamps, paused_until FROM submit_windows WHERE name = $1 FOR UPDATE"
+)
+_NEW_WINDOW_RAW = "INSERT INTO submit_windows (name) VALUES ($1) ON CONFLICT DO NOTHING"
+_SET_WINDOW_RAW = "UPDATE submit_windows SET stamps = $1 WHERE name = $2"
+_MARK_SUBMITTING_RAW = (
+    "UPDATE render_jobs SET status = 'submitting', updated_at = now() "
+    "WHERE generation_id = $1 AND lease_owner = $2"
 )
 
-_NEW_WINDOW = text("INSERT INTO submit_windows (name) VALUES (:n) ON CONFLICT DO NOTHING")
-_WINDOW = text(
-    "SELECT now() AS now, stamps, paused_until FROM submit_windows WHERE name = :n FOR UPDATE"
+# Stored with an outbox row as `shared.outbox` stores them (its `_USER`, `_HANDED`): the
+# publish span's user, and "a running relay has this row in hand" (others leave it alone).
+_USER_HEADER = "reelflow.user_id"
+_HANDED_HEADER = "reelflow.handed_over"
+
+
+def _reporting(update: str, *, first: int, when: str = "TRUE") -> str:
+    """`update` (a fenced UPDATE … RETURNING, as `j`) and, in the same statement, the outbox
+    row of its report (parameters `$first` to `$first + 6`) when `when` holds. One round trip,
+    atomic; no row back when the lease is not ours."""
+    p = [f"${first + i}" for i in range(7)]
+    return f"""
+    WITH j AS ({update}),
+    o AS (INSERT INTO outbox (message_id, exchange, routing_key, type, correlation_id, body,
+              headers, created_at)
+          SELECT {p[0]}::uuid, {p[1]}, {p[2]}, {p[3]}, {p[4]}, {p[5]}, {p[6]}::jsonb, now()
+          FROM j WHERE {when} RETURNING id)
+    SELECT j.*, (SELECT id FROM o) AS outbox_id FROM j
+    """
+
+
+_RECORD_OPERATION_RAW = _reporting(
+    """UPDATE render_jobs SET status = 'running', operation_name = $3,
+        submitted_at = now(), deadline_at = now() + make_interval(secs => $4::float8),
+        next_poll_at = now() + make_interval(secs => $5::float8),
+        transient_errors = 0, due_at = NULL, updated_at = now()
+    WHERE generation_id = $1 AND lease_owner = $2
+    RETURNING submitted_at, deadline_at""",
+    first=6,
 )
+# A job's end: its status, or `cancelled` when its generation ended meanwhile (then no report
+# and `error` left as it was), with the lease given up.
+_FINISH_RAW = _reporting(
+    """UPDATE render_jobs j SET
+        status = CASE WHEN g.status = ANY($3::text[]) THEN 'cancelled' ELSE $4 END,
+        error = CASE WHEN g.status = ANY($3::text[]) THEN j.error ELSE $5::jsonb END,
+        lease_owner = NULL, lease_until = NULL, next_poll_at = NULL, updated_at = now()
+    FROM generations g
+    WHERE j.generation_id = $1 AND j.lease_owner = $2 AND g.id = j.generation_id
+    RETURNING g.status AS generation_status""",
+    first=6,
+    when="j.generation_status <> ALL($3::text[])",
+)
+_PROGRESS_RAW: dict[tuple[str, ...], str] = {}
+
+
+def _progress_statement(columns: tuple[str, ...]) -> str:
+    """Progress with these columns set ($11 on); the report only for a live generation."""
+    statement = _PROGRESS_RAW.get(columns)
+    if statement is None:
+        assignments = ["updated_at = now()"] + [
+            f"{column} = ${11 + i}" + ("::jsonb" if column == "error" else "")
+            for i, column in enumerate(columns)
+        ]
+        statement = _PROGRESS_RAW[columns] = _reporting(
+            f"""UPDATE render_jobs j SET {", ".join(assignments)} FROM generations g
+            WHERE j.generation_id = $1 AND j.lease_owner = $2 AND g.id = j.generation_id
+            RETURNING g.status AS generation_status""",
+            first=4,
+            when="j.generation_status <> ALL($3::text[])",
+        )
+    return statement
 
 
 class JobStore:
@@ -200,6 +284,24 @@ class JobStore:
         self.owner = owner
         self.lease_seconds = lease_seconds
         self.window_name = f"{provider}:submissions"
+        self._pool_size = step_slots + record_slots + 2  # and the claims
+        self._pool: asyncpg.Pool | None = None  # the job steps' statements (`open`)
+
+    async def open(self, settings: Settings) -> None:
+        """The plain pool of the job steps (connections made as they are first needed)."""
+        if self._pool is None:
+            self._pool = await open_pool(settings, size=self._pool_size, reset_sessions=False)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("JobStore.open() was not called")
+        return self._pool
 
     # -- the command handler's side (inside the consumer's transaction) ------------------------
 
@@ -282,34 +384,36 @@ class JobStore:
         of submissions allows (taken under the window row's lock, shared by all processes)."""
         if limit <= 0:
             return []
-        async with self.sessions() as session, session.begin():
-            args = {"provider": self.provider}
-            if not await session.scalar(_ANY_QUEUED, args):
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval(_ANY_QUEUED_RAW, self.provider):
                 return []
             stamps: list[datetime] = []
             now = None
             if per_minute is not None:
-                window = (await session.execute(_WINDOW, {"n": self.window_name})).one_or_none()
+                window = await conn.fetchrow(_WINDOW_RAW, self.window_name)
                 if window is None:  # created at start; recreated if someone deleted it
-                    await session.execute(_NEW_WINDOW, {"n": self.window_name})
-                    window = (await session.execute(_WINDOW, {"n": self.window_name})).one()
-                now = window.now
-                if window.paused_until is not None and window.paused_until > now:
+                    await conn.execute(_NEW_WINDOW_RAW, self.window_name)
+                    window = await conn.fetchrow(_WINDOW_RAW, self.window_name)
+                    assert window is not None
+                now = window["now"]
+                if window["paused_until"] is not None and window["paused_until"] > now:
                     return []
                 since = now - timedelta(seconds=WINDOW_SECONDS)
-                stamps = [s for s in window.stamps if s > since]
+                stamps = [t for t in window["stamps"] if t > since]
                 limit = min(limit, per_minute - len(stamps))
                 if limit <= 0:
                     return []
-            rows = await session.execute(
-                _CLAIM_QUEUED, {**self._claim_args(limit), "status": status}
+            rows = await conn.fetch(
+                _CLAIM_QUEUED_RAW,
+                self.owner,
+                float(self.lease_seconds),
+                status,
+                self.provider,
+                limit,
             )
-            jobs = [_job(row, resumed=False) for row in rows]
+            jobs = [_job_record(row, resumed=False) for row in rows]
             if per_minute is not None and jobs:
-                await session.execute(
-                    text("UPDATE submit_windows SET stamps = :s WHERE name = :n"),
-                    {"s": stamps + [now] * len(jobs), "n": self.window_name},
-                )
+                await conn.execute(_SET_WINDOW_RAW, stamps + [now] * len(jobs), self.window_name)
             return jobs
 
     async def pause_submissions(self, seconds: float) -> None:
@@ -372,38 +476,31 @@ class JobStore:
 
     async def mark_submitting(self, job: Job) -> None:
         """The crash-window marker, committed just before the submission is sent."""
-        async with self._records, self.sessions() as session, session.begin():
-            await self._set(session, job, status=SUBMITTING)
+        async with self._records:
+            done = await self.pool.execute(_MARK_SUBMITTING_RAW, job.generation_id, self.owner)
+        if done != "UPDATE 1":
+            raise LeaseLost(str(job.generation_id))
 
     async def record_operation(
         self, job: Job, name: str, *, deadline_seconds: float, first_poll_seconds: float
     ) -> tuple[datetime, datetime]:
         """The operation name, stored with `running` and the `submitted` report in one commit,
         before any waiting. Its submission and deadline times."""
-        async with self._records, self.sessions() as session, session.begin():
-            submitted, deadline = (
-                await session.execute(
-                    text(
-                        """UPDATE render_jobs SET status = 'running', operation_name = :name,
-                            submitted_at = now(),
-                            deadline_at = now() + make_interval(secs => :deadline),
-                            next_poll_at = now() + make_interval(secs => :first),
-                            transient_errors = 0, due_at = NULL, updated_at = now()
-                        WHERE generation_id = :id AND lease_owner = :me
-                        RETURNING submitted_at, deadline_at"""
-                    ),
-                    {
-                        "name": name,
-                        "deadline": deadline_seconds,
-                        "first": first_poll_seconds,
-                        "id": job.generation_id,
-                        "me": self.owner,
-                    },
-                )
-            ).one()
-            _report(session, job.generation_id, "progress", progress=Progress(stage="submitted"))
-        self.relay.wake()
-        return submitted, deadline
+        report = self._report_row(job, "progress", progress=Progress(stage="submitted"))
+        async with self._records:
+            row = await self.pool.fetchrow(
+                _RECORD_OPERATION_RAW,
+                job.generation_id,
+                self.owner,
+                name,
+                float(deadline_seconds),
+                float(first_poll_seconds),
+                *_report_args(report),
+            )
+        if row is None:
+            raise LeaseLost(str(job.generation_id))
+        self._sent(report, row["outbox_id"])
+        return row["submitted_at"], row["deadline_at"]
 
     async def update(self, job: Job, **values: Any) -> None:
         async with self._transaction() as session:
@@ -411,13 +508,24 @@ class JobStore:
 
     async def progress(self, job: Job, progress: Progress, **values: Any) -> bool:
         """Report progress (with any column changes); False if the generation has ended."""
-        async with self._transaction() as session:
-            # One statement: the job's columns, and the generation's status read with them
-            # (an ended generation gets no report; its job is cancelled by the caller).
-            status = await self._set(session, job, generation_status=True, **values)
-            if status is None or status.is_terminal:
-                return False
-            _report(session, job.generation_id, "progress", progress=progress)
+        report = self._report_row(job, "progress", progress=progress)
+        columns = tuple(values)
+        async with self._slots:
+            # One statement: the job's columns, the generation's status read with them, and
+            # the report, unless the generation ended (its job is cancelled by the caller).
+            row = await self.pool.fetchrow(
+                _progress_statement(columns),
+                job.generation_id,
+                self.owner,
+                list(TERMINAL_GENERATION),
+                *_report_args(report),
+                *values.values(),
+            )
+        if row is None:
+            raise LeaseLost(str(job.generation_id))
+        if row["generation_status"] in TERMINAL_GENERATION:
+            return False
+        self._sent(report, row["outbox_id"])
         return True
 
     async def succeed(self, job: Job, result: RenderResult) -> bool:
@@ -440,31 +548,60 @@ class JobStore:
         result: RenderResult | None = None,
         error: ErrorInfo | None = None,
     ) -> bool:
-        async with self._transaction() as session:
-            # One statement: `status`, or `cancelled` if the generation ended meanwhile.
-            row = (
-                await session.execute(
-                    _FINISH,
-                    {
-                        "status": status,
-                        "error": json.dumps(error.model_dump()) if error else None,
-                        "ended": list(TERMINAL_GENERATION),
-                        "id": job.generation_id,
-                        "me": self.owner,
-                    },
-                )
-            ).one_or_none()
-            if row is None:
-                raise LeaseLost(str(job.generation_id))
-            if row.generation_status in TERMINAL_GENERATION:  # cancelled meanwhile
-                log.info("Job cancelled", instead_of=status)
-                return False
-            if result is not None:
-                _report(session, job.generation_id, "succeeded", result=result)
-            else:
-                _report(session, job.generation_id, "failed", error=error)
+        if result is not None:
+            report = self._report_row(job, "succeeded", result=result)
+        else:
+            report = self._report_row(job, "failed", error=error)
+        async with self._slots:
+            # One statement: `status`, or `cancelled` if the generation ended meanwhile, and
+            # the report unless it did.
+            row = await self.pool.fetchrow(
+                _FINISH_RAW,
+                job.generation_id,
+                self.owner,
+                list(TERMINAL_GENERATION),
+                status,
+                error.model_dump(mode="json") if error else None,
+                *_report_args(report),
+            )
+        if row is None:
+            raise LeaseLost(str(job.generation_id))
+        if row["generation_status"] in TERMINAL_GENERATION:  # cancelled meanwhile
+            log.info("Job cancelled", instead_of=status)
+            return False
+        self._sent(report, row["outbox_id"])
         log.info("Job finished", status=status)
         return True
+
+    def _report_row(self, job: Job, kind: RenderReportKind, **fields: Any) -> dict[str, Any]:
+        """A report's outbox row, as `shared.outbox.enqueue` stages one (in the current trace
+        context, with the user for the publish span; marked as handed over when this process's
+        relay runs: it publishes the row as soon as the statement has committed)."""
+        message = RenderReported(generation_id=job.generation_id, kind=kind, **fields)
+        headers = inject({})
+        user_id = current_context().get("user_id")
+        if user_id:
+            headers[_USER_HEADER] = str(user_id)
+        if self.relay.running:
+            headers[_HANDED_HEADER] = 1
+        return {
+            "message_id": uuid.uuid4(),
+            "exchange": EVENTS,
+            "routing_key": message.routing_key,
+            "type": message.TYPE,
+            "correlation_id": message.correlation_id,
+            "body": message.model_dump_json(),
+            "headers": headers,
+        }
+
+    def _sent(self, report: dict[str, Any], outbox_id: int | None) -> None:
+        """The report's row is committed: to the relay now (or at its next claim)."""
+        if outbox_id is None:
+            return
+        if _HANDED_HEADER in report["headers"]:
+            self.relay.hand_over([{**report, "id": outbox_id}])
+        else:
+            self.relay.wake()
 
     async def _set(
         self, session: AsyncSession, job: Job, *, generation_status: bool = False, **values: Any
@@ -518,6 +655,18 @@ class JobStore:
             "provider": self.provider,
             "n": limit,
         }
+
+
+def _report_args(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        row["message_id"],
+        row["exchange"],
+        row["routing_key"],
+        row["type"],
+        row["correlation_id"],
+        row["body"],
+        row["headers"],
+    )
 
 
 def _report(

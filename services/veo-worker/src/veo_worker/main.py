@@ -86,12 +86,14 @@ class WorkerService(ConsumerService):
         self.provider = provider
 
     async def start(self) -> None:
+        await self.scheduler.store.open(self.runtime.settings)
         await super().start()
         await self.scheduler.start()
 
     async def stop(self) -> None:
         await self.scheduler.stop()  # hands jobs back while the database is still open
         await super().stop()
+        await self.scheduler.store.close()
         await self.storage.close()
         if isinstance(self.provider, VeoProvider):
             await self.provider.aclose()
