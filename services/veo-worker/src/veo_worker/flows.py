@@ -43,7 +43,7 @@ from veo_worker.providers.base import (
 from veo_worker.providers.local import LocalProvider
 from veo_worker.providers.veo import SubmitOutcomeUnknown, VeoClient
 from veo_worker.providers.veo_wire import TransientError
-from veo_worker.steps import Finisher, JobContext, Reporter, step
+from veo_worker.steps import Finisher, JobContext, Reporter, beside, step
 
 log = get_logger("WORKER")
 
@@ -298,41 +298,48 @@ class VeoFlow:
     # -- fetch and store -------------------------------------------------------------------------
 
     async def _fetch(self, ctx: JobContext, uri: str, report: Reporter) -> str:
-        job, settings = ctx.job, self.settings
-        await report(Progress(stage="downloading"))
+        job = ctx.job
         async with self.downloads:
             workdir = Path(tempfile.mkdtemp(prefix="reelflow-veo-"))
             try:
                 video = workdir / "video.mp4"
-                errors = 0
-                while True:
-                    ctx.check()
-                    try:
-                        async with self.requests:
-                            size = await self.client.download(uri, video)
-                        break
-                    except TransientError as exc:
-                        errors += 1
-                        if errors > settings.veo_max_retries:
-                            raise ProviderError(
-                                "provider_unavailable",
-                                f"downloading the video failed {errors} times; last: {exc}",
-                            ) from exc
-                        log.warning("Download failed, retrying", error=str(exc)[:300])
-                        await ctx.sleep(
-                            backoff.retry_delay(
-                                errors,
-                                settings.veo_poll_interval_seconds,
-                                settings.veo_poll_max_interval_seconds,
-                                exc.retry_after,
-                            )
-                        )
+                # The `downloading` report is written while the download runs.
+                async with beside(report(Progress(stage="downloading"))):
+                    size = await self._download(ctx, uri, video)
                 log.info("Video downloaded", file_size_bytes=size)
                 started = job.submitted_at or job.created_at
                 result = await self.finisher.store(job, video, report, started_at=started)
+                # Recorded before the temp folder goes: the end is on the latency path, the
+                # cleanup is not.
+                outcome = "succeeded" if await self.store.succeed(job, result) else "cancelled"
             finally:
                 await asyncio.to_thread(shutil.rmtree, workdir, ignore_errors=True)
-        return "succeeded" if await self.store.succeed(job, result) else "cancelled"
+        return outcome
+
+    async def _download(self, ctx: JobContext, uri: str, video: Path) -> int:
+        settings = self.settings
+        errors = 0
+        while True:
+            ctx.check()
+            try:
+                async with self.requests:
+                    return await self.client.download(uri, video)
+            except TransientError as exc:
+                errors += 1
+                if errors > settings.veo_max_retries:
+                    raise ProviderError(
+                        "provider_unavailable",
+                        f"downloading the video failed {errors} times; last: {exc}",
+                    ) from exc
+                log.warning("Download failed, retrying", error=str(exc)[:300])
+                await ctx.sleep(
+                    backoff.retry_delay(
+                        errors,
+                        settings.veo_poll_interval_seconds,
+                        settings.veo_poll_max_interval_seconds,
+                        exc.retry_after,
+                    )
+                )
 
 
 __all__ = ["Flow", "Interrupted", "JobCancelled", "LocalFlow", "VeoFlow"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -99,6 +99,21 @@ class Reporter:
         log.info("Render progress", stage=progress.stage, percent=progress.percent)
 
 
+@contextlib.asynccontextmanager
+async def beside(report: Awaitable[None]) -> AsyncIterator[None]:
+    """Make a progress report while the block works (the report is a database round trip the
+    block need not wait for); its outcome (`JobCancelled`, say) is raised after the block.
+    Ordered all the same: the report has committed before anything after the block is."""
+    task = asyncio.ensure_future(report)
+    try:
+        yield
+    except BaseException:
+        # The block's failure wins; the report is let finish (never cut mid-statement).
+        await asyncio.gather(task, return_exceptions=True)
+        raise
+    await task
+
+
 async def step(name: str, work: Awaitable[T]) -> T:
     """Run one step; an unexpected failure of the step itself becomes `internal`."""
     try:
@@ -130,18 +145,21 @@ class Finisher:
             info: MediaInfo = await step(
                 "probe", asyncio.to_thread(probe_video, video, thumbnail=thumbnail)
             )
-        await report(Progress(stage="uploading"))
         keys = (
             video_key(job.user_id, job.generation_id),
             thumbnail_key(job.user_id, job.generation_id),
         )
         storage = await self._storage()
-        for key, path, content_type in (
-            (keys[0], video, "video/mp4"),
-            (keys[1], thumbnail, "image/jpeg"),
-        ):
+
+        async def upload(key: str, path: Path, content_type: str) -> None:
             with storage_span(storage, key, content_type):
                 await step("upload", storage.put_file(key, path, content_type))
+
+        # The two files at once, and the `uploading` report beside them.
+        async with beside(report(Progress(stage="uploading"))):
+            await _all(
+                upload(keys[0], video, "video/mp4"), upload(keys[1], thumbnail, "image/jpeg")
+            )
         return RenderResult(
             video_key=keys[0],
             thumbnail_key=keys[1],
@@ -151,3 +169,12 @@ class Finisher:
             format=info.format,
             processing_time_ms=max(0, int((datetime.now(UTC) - started_at).total_seconds() * 1000)),
         )
+
+
+async def _all(*works: Awaitable[None]) -> None:
+    """Await every one, even when one fails (nothing left running behind); the first failure
+    is raised."""
+    outcomes = await asyncio.gather(*works, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
