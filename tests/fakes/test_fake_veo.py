@@ -34,8 +34,13 @@ async def veo() -> AsyncIterator[FakeVeo]:
 
 @pytest.fixture
 async def client(veo: FakeVeo) -> AsyncIterator[httpx.AsyncClient]:
+    # A long timeout: the first download of a size renders its MP4 (1080p x 8 s takes about a
+    # second on a quiet machine, several on a loaded one).
     async with httpx.AsyncClient(
-        base_url=veo.base_url, headers={"x-goog-api-key": KEY}, follow_redirects=True
+        base_url=veo.base_url,
+        headers={"x-goog-api-key": KEY},
+        follow_redirects=True,
+        timeout=60,
     ) as http:
         yield http
 
@@ -311,7 +316,10 @@ async def test_a_thousand_concurrent_operations(veo: FakeVeo) -> None:
 async def test_standalone_process_with_control_api() -> None:
     async with FakeVeoProcess(api_key=KEY, scenario="succeed polls=1") as veo:
         async with httpx.AsyncClient(
-            base_url=veo.base_url, headers={"x-goog-api-key": KEY}, follow_redirects=True
+            base_url=veo.base_url,
+            headers={"x-goog-api-key": KEY},
+            follow_redirects=True,
+            timeout=60,
         ) as http:
             name = await submit(http, "a lighthouse", aspectRatio="9:16", durationSeconds=4)
             operation = await poll_until_done(http, name)

@@ -95,7 +95,7 @@ async def test_sdk_round_trip(veo: FakeVeo, client: genai.Client) -> None:
     assert veo.operations[operation.name].polls == 3
 
     # The SDK's files.download only takes https URIs; the key goes along as Google requires.
-    async with httpx.AsyncClient(follow_redirects=True) as http:
+    async with httpx.AsyncClient(follow_redirects=True, timeout=60) as http:  # may render it
         media = await http.get(video.uri, headers={"x-goog-api-key": KEY})
     found = probe(media.content)
     assert (found.width, found.height, round(found.seconds)) == (720, 1280, 4)
