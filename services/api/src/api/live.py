@@ -10,10 +10,11 @@ behind, or the broker connection comes back. No stream polls the database.
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
@@ -33,15 +34,39 @@ log = get_logger("LIVE")
 Update: TypeAlias = LifecycleEvent | ConversationMessageCreated
 
 
+class Direct(Protocol):
+    """A stream that can take an update from the fan-out itself, its task left asleep."""
+
+    async def prepare(self, update: Update) -> None:
+        """Before the fan-out: make what `deliver` sends (once for all the streams)."""
+
+    def deliver(self, update: Update) -> bool:
+        """Send `update` now, or say no (False): then it is queued and the task woken."""
+        ...
+
+
 class Subscriber:
     """One open stream's inbox. Bounded: a stream that cannot keep up drops what is queued and
     is told to catch up from the database instead (`lagged`).
 
     Kept small and cheap to wake, since one process holds thousands: `wait` parks the stream's
     task on a bare future with a timer (no `wait_for`, which wraps every wait in a task of its
-    own), and a push wakes exactly that task."""
+    own), and a push wakes exactly that task. Cheaper still, a stream parked with nothing
+    queued may take the update directly (`direct`): one event then reaches thousands of
+    streams in one pass of the fan-out, no task woken unless the stream ends."""
 
-    __slots__ = ("_lagged", "_leave", "_max", "_pending", "_ready", "_waiter", "ended")
+    __slots__ = (
+        "_lagged",
+        "_leave",
+        "_max",
+        "_pending",
+        "_ready",
+        "_timer",
+        "_waiter",
+        "_within",
+        "direct",
+        "ended",
+    )
 
     def __init__(self, leave: Callable[[Subscriber], None], max_pending: int = 256) -> None:
         self._leave: Callable[[Subscriber], None] | None = leave
@@ -49,8 +74,11 @@ class Subscriber:
         self._max = max_pending
         self._ready = False
         self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._within = 0.0
         self._lagged = False
         self.ended = False  # the stream should end (shutting down, or its client left)
+        self.direct: Direct | None = None
 
     def _wake(self) -> None:
         self._ready = True
@@ -59,6 +87,19 @@ class Subscriber:
             waiter.set_result(None)
 
     def push(self, update: Update) -> None:
+        waiter = self._waiter
+        # Parked and not yet woken means nothing is queued and the stream's state is current
+        # (a push or a resync would have woken it): the update may go straight out.
+        if (
+            self.direct is not None
+            and waiter is not None
+            and not waiter.done()
+            and self.direct.deliver(update)
+        ):
+            if not self.ended and self._timer is not None:  # a heartbeat is due after silence
+                self._timer.cancel()
+                self._timer = waiter.get_loop().call_later(self._within, _expire, waiter)
+            return
         if len(self._pending) >= self._max:
             self._pending.clear()
             self._lagged = True
@@ -76,12 +117,13 @@ class Subscriber:
         if not self._ready:
             loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
-            timer = loop.call_later(within, _expire, waiter)
+            self._within = within
+            self._timer = loop.call_later(within, _expire, waiter)
             try:
                 await waiter
             finally:
-                timer.cancel()
-                self._waiter = None
+                self._timer.cancel()
+                self._timer = self._waiter = None
             if not self._ready:
                 return None
         self._ready = False
@@ -95,12 +137,13 @@ class Subscriber:
 
     def end(self) -> None:
         """Ask the stream to end (its client reconnects elsewhere, with Last-Event-ID; or its
-        client is gone)."""
+        client is gone; or its last frame went out directly)."""
         self.ended = True
         self._wake()
 
     def close(self) -> None:
         """Stop receiving (idempotent)."""
+        self.direct = None
         if self._leave is not None:
             self._leave(self)
             self._leave = None
@@ -119,6 +162,9 @@ class LiveFeed:
         self._by_generation: dict[uuid.UUID, set[Subscriber]] = defaultdict(set)
         self._by_conversation: dict[uuid.UUID, set[Subscriber]] = defaultdict(set)
         self.received = 0
+        # Updates are handled one at a time, in the order received (the fan-out may wait for a
+        # frame to be rendered, and a later update must not overtake it).
+        self._order = asyncio.Lock()
 
     async def start(self) -> None:
         self._connection = await aio_pika.connect_robust(self._url)
@@ -183,19 +229,43 @@ class LiveFeed:
         except (UnknownMessage, ValueError) as exc:
             log.warning("Live update ignored", type=message.type, error=str(exc)[:200])
             return
+        async with self._order:
+            await self.fan_out(update)
+
+    async def fan_out(self, update: Update) -> None:
+        """Hand one update to every stream it concerns."""
         if isinstance(update, LifecycleEvent):
-            self._fan_out(self._by_generation, update.generation_id, update)
+            await self._fan_out(self._by_generation, update.generation_id, update)
             if update.conversation_id is not None:
-                self._fan_out(self._by_conversation, update.conversation_id, update)
+                await self._fan_out(self._by_conversation, update.conversation_id, update)
         elif isinstance(update, ConversationMessageCreated):
-            self._fan_out(self._by_conversation, update.conversation_id, update)
+            await self._fan_out(self._by_conversation, update.conversation_id, update)
 
     @staticmethod
-    def _fan_out(
+    async def _fan_out(
         registry: dict[uuid.UUID, set[Subscriber]], key: uuid.UUID, update: Update
     ) -> None:
-        for subscriber in registry.get(key, ()):
-            subscriber.push(update)
+        subscribers = registry.get(key)
+        if not subscribers:
+            return
+        # The streams of one key share the rendered frame: one stream prepares it for all.
+        direct = next((s.direct for s in subscribers if s.direct is not None), None)
+        if direct is not None:
+            try:
+                await direct.prepare(update)
+            except Exception as exc:  # each stream's task renders it, and fails, on its own
+                log.warning("Live update not prepared", error=str(exc)[:200])
+        # No garbage collection during the pass: with thousands of streams open, a full one
+        # takes up to a second, and every stream not yet written would wait for it. What the
+        # pass allocates is mostly freed as it goes; the rest waits for the next collection.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for subscriber in tuple(subscribers):  # a copy: a stream that ends leaves the set
+                subscriber.push(update)
+        finally:
+            if collecting:
+                gc.enable()
 
     async def _on_reconnect(self, *_: Any) -> None:
         log.warning("Live feed reconnected; open streams catch up from the database")

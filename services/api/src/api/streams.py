@@ -39,7 +39,7 @@ from sqlmodel import col
 
 from api.chat_views import messages_out
 from api.conversations import live_generations, messages_of
-from api.live import Subscriber
+from api.live import Subscriber, Update
 from api.timeline import REQUESTED, as_generation, event_at, recorded, status_event
 from api.views import generation_out
 
@@ -111,10 +111,9 @@ class SharedFrames:
     async def lifecycle(
         self, event: LifecycleEvent, auto_confirm: bool, storage: Storage, *, with_id: bool
     ) -> bytes:
-        key = (id(event), auto_confirm, with_id)
-        hit = self._frames.get(key)
-        if hit is not None and hit[0] is event:
-            return hit[1]
+        hit = self.cached(event, auto_confirm, with_id=with_id)
+        if hit is not None:
+            return hit
         gen = as_generation(event, auto_confirm)
         body = await generation_out(gen, storage)
         data = frame(
@@ -123,8 +122,13 @@ class SharedFrames:
         self.rendered += 1
         if len(self._frames) >= self.size:
             del self._frames[next(iter(self._frames))]  # the oldest
-        self._frames[key] = (event, data)
+        self._frames[(id(event), auto_confirm, with_id)] = (event, data)
         return data
+
+    def cached(self, event: LifecycleEvent, auto_confirm: bool, *, with_id: bool) -> bytes | None:
+        """The event's frame if it was rendered already."""
+        hit = self._frames.get((id(event), auto_confirm, with_id))
+        return hit[1] if hit is not None and hit[0] is event else None
 
 
 @dataclass
@@ -182,6 +186,29 @@ class GenerationStream:
                 else:  # a gap (or an event without a version): replay from the record
                     async for chunk in self._catch_up():
                         yield chunk
+
+    async def prepare(self, update: Update) -> None:
+        """Render `update`'s frame before the fan-out (`frame_now` only takes it ready)."""
+        if isinstance(update, LifecycleEvent):
+            await self.deps.frames.lifecycle(
+                update, self.generation.auto_confirm, self.deps.storage, with_id=True
+            )
+
+    def frame_now(self, update: Update) -> bytes | None:
+        """From the fan-out, while the stream's task waits for updates: `update`'s frame if it
+        is the next event and rendered already, the stream moved past it. None leaves the
+        update to the task (a duplicate, a gap to catch up on, a frame to render)."""
+        if (
+            self.done
+            or not isinstance(update, LifecycleEvent)
+            or update.snapshot.version != self.sent + 1
+        ):
+            return None
+        data = self.deps.frames.cached(update, self.generation.auto_confirm, with_id=True)
+        if data is not None:
+            self.sent += 1
+            self.done = update.snapshot.status.is_terminal
+        return data
 
     async def _opening(self) -> bytes:
         """The current state, named by the event that led to it."""

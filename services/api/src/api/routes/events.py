@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Header, Query, Request
 from shared.logging import get_logger
@@ -16,10 +16,11 @@ from shared.state_machine import Status
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from api import eager
 from api.chat_schemas import StreamToken
 from api.conversations import owned_conversation
 from api.deps import AppStorage, CurrentUser
-from api.live import Subscriber
+from api.live import Subscriber, Update
 from api.problems import responses
 from api.queries import owned_generation_row
 from api.realtime import Realtime
@@ -62,24 +63,43 @@ def _deps(request: Request, storage: Any) -> StreamDeps:
     )
 
 
+class Immediate(Protocol):
+    """A stream whose frames may be sent from the live feed's fan-out (`GenerationStream`)."""
+
+    async def prepare(self, update: Update) -> None: ...
+
+    def frame_now(self, update: Update) -> bytes | None: ...
+
+
 class EventStream(StreamingResponse):
     """An SSE response that ends its subscription however the response ends (finished, the
     client gone, or cancelled before the first byte).
 
     Its own ASGI loop rather than StreamingResponse's (which runs each stream in an anyio task
     group of two tasks): the stream's task writes the frames, and the client's leaving is
-    noticed by a bare task on `receive` that ends the subscriber, which wakes the stream."""
+    noticed by a bare task on `receive` that ends the subscriber, which wakes the stream.
+
+    With an `immediate` stream, it is also its subscriber's `Direct`: while the task waits for
+    updates, the fan-out sends the next event's frame itself (`deliver`), so one event reaches
+    thousands of streams in one pass; the tasks wake afterwards only to end the streams it
+    finished (the access line, the span, the metrics come after every stream got its frame)."""
 
     def __init__(
         self,
         subscriber: Subscriber,
         events: AsyncIterator[bytes],
         finished: Callable[[], bool] = lambda: False,
+        immediate: Immediate | None = None,
     ) -> None:
         super().__init__(events, media_type=MEDIA_TYPE, headers=HEADERS)
         self.subscriber = subscriber
         self.events = events
         self.finished = finished  # true once the stream's last frame is out of `events`
+        self.immediate = immediate
+        self._send: Send | None = None
+        self._sending: asyncio.Future[None] | None = None  # a direct send still under way
+        self._failed: BaseException | None = None  # what a direct send raised
+        self._complete = False  # the body's last chunk is sent (or being sent)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         subscriber = self.subscriber
@@ -94,23 +114,74 @@ class EventStream(StreamingResponse):
                     "headers": self.raw_headers,
                 }
             )
+            self._send = send
+            if self.immediate is not None:
+                subscriber.direct = self
             last = b""
             async for chunk in events:
                 if self.finished():  # the final frame: it ends the body (one write, not two)
                     last = chunk
                     break
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": last, "more_body": False})
-            # Ending the response costs more than sending the frame (the access line, the span,
-            # the metrics): when one event ends thousands of streams at once, let every stream
-            # send it first, then wind down.
-            await asyncio.sleep(0)
+                await self._body(chunk, more=True)
+            if not self._complete:
+                await self._body(last, more=False)
+                # Ending the response costs more than sending the frame (the access line, the
+                # span, the metrics): when one event ends thousands of streams at once, let
+                # every stream send it first, then wind down.
+                await asyncio.sleep(0)
+            await self._body_sent()
         finally:
-            watcher.cancel()
             subscriber.close()
+            watcher.cancel()
+            if self._sending is not None:
+                self._sending.cancel()
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+    async def _body(self, chunk: bytes, *, more: bool) -> None:
+        await self._body_sent()  # a direct send first: the frames keep their order
+        assert self._send is not None
+        self._complete = not more
+        await self._send({"type": "http.response.body", "body": chunk, "more_body": more})
+
+    async def _body_sent(self) -> None:
+        if self._sending is not None:
+            await self._sending
+        if self._failed is not None:
+            raise self._failed  # in the stream's task, handled as its own send's failure
+
+    async def prepare(self, update: Update) -> None:
+        assert self.immediate is not None
+        await self.immediate.prepare(update)
+
+    def deliver(self, update: Update) -> bool:
+        if self._sending is not None or self._failed is not None or self.immediate is None:
+            return False
+        chunk = self.immediate.frame_now(update)
+        if chunk is None:
+            return False
+        more = not self.finished()
+        self._complete = not more
+        assert self._send is not None
+        try:
+            self._sending = eager.start(
+                self._send({"type": "http.response.body", "body": chunk, "more_body": more})
+            )
+        except Exception as exc:  # e.g. the client is gone: the task ends the stream
+            self._failed = exc
+            more = False
+        if self._sending is not None:  # the client reads slowly: the write waits in a task
+            self._sending.add_done_callback(self._sent)
+        if not more:
+            self.subscriber.end()  # the task ends the response: the last frame is out
+        return True
+
+    def _sent(self, sending: asyncio.Future[None]) -> None:
+        self._sending = None
+        if not sending.cancelled() and sending.exception() is not None:
+            self._failed = sending.exception()
+            self.subscriber.end()
 
 
 async def _disconnected(receive: Receive) -> None:
@@ -164,7 +235,7 @@ async def generation_events(
         return Response(status_code=204)
     stream = GenerationStream(_deps(request, storage), subscriber, gen, resume_after)
     log.info("Generation stream opened", generation_id=str(gen.id), resume_after=resume_after)
-    return EventStream(subscriber, stream.events(), lambda: stream.done)
+    return EventStream(subscriber, stream.events(), lambda: stream.done, stream)
 
 
 @router.get(
