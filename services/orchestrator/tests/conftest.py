@@ -11,7 +11,7 @@ from typing import Any
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, DeliveryMode
-from orchestrator.main import build
+from orchestrator.main import OrchestratorService, build
 from shared.consumer import PlainIdempotentConsumer
 from shared.db.models import Generation, OutboxMessage, User
 from shared.messages import Message
@@ -117,10 +117,11 @@ class Running:
     service: ConsumerService
 
     def consumer(self, queue: str) -> PlainIdempotentConsumer[Any]:
-        for sub in self.service.subscriptions:
-            if sub.queue.name == queue:
-                assert isinstance(sub.handler, PlainIdempotentConsumer)
-                return sub.handler
+        assert isinstance(self.service, OrchestratorService)
+        for consumer in self.service.consumers:
+            if consumer.queue == queue:
+                assert isinstance(consumer.handler, PlainIdempotentConsumer)
+                return consumer.handler
         raise KeyError(queue)
 
 
