@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
+import random
 import struct
 from collections.abc import Callable
 from fractions import Fraction
@@ -189,7 +189,9 @@ def test_media_info_resolution() -> None:
     ("name", "make", "message"),
     [
         ("empty", lambda video: b"", "empty"),
-        ("random", lambda video: os.urandom(64 * 1024), "not a readable video"),
+        # Fixed noise: about one random 64 KB in 130 happens to open as some format and fails
+        # another check (e.g. "no video stream (lrc)"), which made this case flaky.
+        ("random", lambda video: random.Random(0).randbytes(64 * 1024), "not a readable video"),
         ("text", lambda video: b"hello world\n" * 100, "not a readable video"),
         ("truncated", lambda video: video[: len(video) // 2], "truncated"),
         ("header-only", lambda video: video[:2000], "truncated"),
