@@ -167,6 +167,26 @@ _LOOK = text(
 
 _NEW_WINDOW = text("INSERT INTO submit_windows (name) VALUES (:n) ON CONFLICT DO NOTHING")
 
+# A render command's job, once: `cancelled` if its generation ended, `failed` if refused, else
+# `queued`; with the queued jobs ahead of it (the statement's snapshot: without itself).
+_RECORD = text(
+    """
+    WITH g AS (SELECT status FROM generations WHERE id = :id)
+    INSERT INTO render_jobs (generation_id, user_id, provider, status, spec, error,
+        attempts, poll_count, transient_errors, trace_context, created_at, updated_at)
+    SELECT :id, :user, :provider,
+        CASE WHEN g.status = ANY(:ended) THEN 'cancelled'
+             WHEN CAST(:error AS jsonb) IS NOT NULL THEN 'failed' ELSE 'queued' END,
+        CAST(:spec AS jsonb),
+        CASE WHEN g.status = ANY(:ended) THEN NULL ELSE CAST(:error AS jsonb) END,
+        0, 0, 0, CAST(:trace AS jsonb), now(), now()
+    FROM g
+    ON CONFLICT (generation_id) DO NOTHING
+    RETURNING status, (SELECT count(*) FROM render_jobs
+                       WHERE provider = :provider AND status = 'queued') AS ahead
+    """
+)
+
 
 # -- plain asyncpg: a job's own steps ---------------------------------------------------------
 
@@ -308,55 +328,37 @@ class JobStore:
     async def record(
         self, session: AsyncSession, command: RenderRequested, refusal: ErrorInfo | None
     ) -> str:
-        """Create the job for a render command, once; the outcome, for logs and metrics."""
-        status = await _generation_status(session, command.generation_id)
-        if status is None:
-            return "missing"
-        values: dict[str, Any] = {"status": QUEUED, "error": None}
-        if status.is_terminal:
-            values["status"] = CANCELLED
-        elif refusal is not None:
-            values.update(status=FAILED, error=refusal.model_dump_json())
-        position = None
-        if values["status"] == QUEUED:
-            position = 1 + int(
-                await session.scalar(
-                    text(
-                        "SELECT count(*) FROM render_jobs WHERE provider = :p AND status = 'queued'"
-                    ),
-                    {"p": self.provider},
-                )
-                or 0
+        """Create the job for a render command, once; the outcome, for logs and metrics.
+
+        One statement (was three round trips): the generation's status read, the row
+        inserted (`cancelled` if the generation ended, `failed` if refused, else `queued`),
+        and the queued jobs ahead of it counted."""
+        row = (
+            await session.execute(
+                _RECORD,
+                {
+                    "id": command.generation_id,
+                    "user": command.user_id,
+                    "provider": self.provider,
+                    "spec": command.spec.model_dump_json(),
+                    "error": refusal.model_dump_json() if refusal is not None else None,
+                    "ended": list(TERMINAL_GENERATION),
+                    # The consumer span's context: the scheduler's spans for this job join it.
+                    "trace": json.dumps(context) if (context := carrier()) else None,
+                },
             )
-        inserted = await session.execute(
-            text(
-                """
-                INSERT INTO render_jobs (generation_id, user_id, provider, status, spec, error,
-                    attempts, poll_count, transient_errors, trace_context, created_at, updated_at)
-                VALUES (:id, :user, :provider, :status, CAST(:spec AS jsonb),
-                    CAST(:error AS jsonb), 0, 0, 0, CAST(:trace AS jsonb), now(), now())
-                ON CONFLICT (generation_id) DO NOTHING
-                """
-            ),
-            {
-                "id": command.generation_id,
-                "user": command.user_id,
-                "provider": self.provider,
-                "spec": command.spec.model_dump_json(),
-                # The consumer span's context: the scheduler's spans for this job join it.
-                "trace": json.dumps(context) if (context := carrier()) else None,
-                **values,
-            },
-        )
-        if not inserted.rowcount:  # type: ignore[attr-defined]
+        ).one_or_none()
+        if row is None:  # not inserted: no such generation, or this command came before
+            if await _generation_status(session, command.generation_id) is None:
+                return "missing"
             return "duplicate"
-        if values["status"] == FAILED:
+        if row.status == FAILED:
             assert refusal is not None
             _report(session, command.generation_id, "failed", error=refusal)
-        elif values["status"] == QUEUED:
-            queued = Progress(stage="queued", queue_position=position)
+        elif row.status == QUEUED:
+            queued = Progress(stage="queued", queue_position=1 + int(row.ahead))
             _report(session, command.generation_id, "started", progress=queued)
-        return str(values["status"])
+        return str(row.status)
 
     # -- the scheduler's side --------------------------------------------------------------------
 
@@ -384,9 +386,10 @@ class JobStore:
         of submissions allows (taken under the window row's lock, shared by all processes)."""
         if limit <= 0:
             return []
+        # Nothing queued (most ticks): one statement, no transaction opened.
+        if not await self.pool.fetchval(_ANY_QUEUED_RAW, self.provider):
+            return []
         async with self.pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval(_ANY_QUEUED_RAW, self.provider):
-                return []
             stamps: list[datetime] = []
             now = None
             if per_minute is not None:
