@@ -113,6 +113,9 @@ async def test_a_veo_generation_completes_into_s3_with_the_fakes_video_probed(
             **{
                 **env,
                 **VEO_ENV,
+                # Nothing is taken over here: a 2 s lease renewed late on a loaded machine let
+                # the job be taken over mid-download (a second download, no second submission).
+                "WORKER_LEASE_SECONDS": "30",
                 "GOOGLE_GEMINI_BASE_URL": veo.base_url,
                 "STORAGE_BACKEND": "s3",
                 "S3_ENDPOINT_URL": s3_endpoint,
