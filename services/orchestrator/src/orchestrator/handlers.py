@@ -89,6 +89,10 @@ class Handlers:
             tx, gen, trigger, spec=spec.model_dump(mode="json"), estimated_cost_usd=cost
         )
         log.info("Spec ready", auto_confirm=gen.auto_confirm, estimated_cost_usd=str(cost))
+        if gen.auto_confirm:
+            # Confirmed by this very transaction: the render goes out with it, a hop sooner than
+            # through orchestrator.confirmations (which finds it requested, by the guard).
+            await self._dispatch(tx, gen)
 
     async def confirmed(self, tx: Transaction, message: LifecycleEvent) -> None:
         """Dispatch exactly one render for a confirmed generation."""
@@ -101,20 +105,25 @@ class Handlers:
             if gen.status != Status.CONFIRMED or gen.spec is None:
                 log.info("Not dispatched: no longer confirmed", status=gen.status)
                 return
-            spec = RenderSpec.model_validate(gen.spec)
-            command = RenderRequested(generation_id=gen.id, user_id=gen.user_id, spec=spec)
-            rows = [tx.outgoing.stage(command)]
-            # The guard's claim and the command: one statement, the command only if new.
-            found = await tx.conn.fetchrow(
-                sql.DISPATCH, DISPATCH_GUARD, str(gen.id), *tx.outgoing.arrays(rows)
-            )
-            if not found["fresh"]:
-                log.info("Render already requested")
-                return
-            tx.outgoing.written(rows, zip(found["ids"], found["message_ids"], strict=True))
-            log.info("Render requested", model=spec.model, duration_seconds=spec.duration_seconds)
+            await self._dispatch(tx, gen)
 
         await with_generation(tx, message.generation_id, step)
+
+    async def _dispatch(self, tx: Transaction, gen: GenerationRow) -> None:
+        """Request the generation's render, unless it was requested already (the guard's claim
+        and the command are one statement, the command written only if the claim is new)."""
+        assert gen.spec is not None
+        spec = RenderSpec.model_validate(gen.spec)
+        command = RenderRequested(generation_id=gen.id, user_id=gen.user_id, spec=spec)
+        rows = [tx.outgoing.stage(command)]
+        found = await tx.conn.fetchrow(
+            sql.DISPATCH, DISPATCH_GUARD, str(gen.id), *tx.outgoing.arrays(rows)
+        )
+        if not found["fresh"]:
+            log.info("Render already requested")
+            return
+        tx.outgoing.written(rows, zip(found["ids"], found["message_ids"], strict=True))
+        log.info("Render requested", model=spec.model, duration_seconds=spec.duration_seconds)
 
     async def reported(self, tx: Transaction, message: RenderReported) -> None:
         """Apply a worker's report (started, progress, succeeded, failed)."""
