@@ -30,14 +30,13 @@ from typing import Any
 
 import asyncpg
 from shared.db.raw import open_pool
-from shared.logging import current_context, get_logger
+from shared.logging import get_logger
 from shared.messages import RenderReported, RenderReportKind, RenderRequested
-from shared.outbox import OutboxRelay, enqueue
+from shared.outbox import OutboxRelay, Outgoing, enqueue, plain_insert
 from shared.schemas import ErrorInfo, Progress, RenderResult, RenderSpec
 from shared.settings import Settings
 from shared.state_machine import Status
-from shared.telemetry import carrier, inject
-from shared.topology import EVENTS
+from shared.telemetry import carrier
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -217,25 +216,16 @@ _MARK_SUBMITTING_RAW = (
     "WHERE generation_id = $1 AND lease_owner = $2"
 )
 
-# Stored with an outbox row as `shared.outbox` stores them (its `_USER`, `_HANDED`): the
-# publish span's user, and "a running relay has this row in hand" (others leave it alone).
-_USER_HEADER = "reelflow.user_id"
-_HANDED_HEADER = "reelflow.handed_over"
-
 
 def _reporting(update: str, *, first: int, when: str = "TRUE") -> str:
     """`update` (a fenced UPDATE … RETURNING, as `j`) and, in the same statement, the outbox
-    row of its report (parameters `$first` to `$first + 6`) when `when` holds. One round trip,
-    atomic; no row back when the lease is not ours."""
-    p = [f"${first + i}" for i in range(7)]
-    return f"""
-    WITH j AS ({update}),
-    o AS (INSERT INTO outbox (message_id, exchange, routing_key, type, correlation_id, body,
-              headers, created_at)
-          SELECT {p[0]}::uuid, {p[1]}, {p[2]}, {p[3]}, {p[4]}, {p[5]}, {p[6]}::jsonb, now()
-          FROM j WHERE {when} RETURNING id)
-    SELECT j.*, (SELECT id FROM o) AS outbox_id FROM j
-    """
+    row of its report (`shared.outbox.plain_insert`: an `Outgoing`'s arrays as parameters
+    `$first` to `$first + 6`) when `when` holds. One round trip, atomic; no row back when the
+    lease is not ours."""
+    written = plain_insert(first, where=f"EXISTS (SELECT 1 FROM j WHERE {when})")
+    return (
+        f"WITH j AS ({update}), o AS ({written}) SELECT j.*, (SELECT id FROM o) AS outbox_id FROM j"
+    )
 
 
 _RECORD_OPERATION_RAW = _reporting(
@@ -489,7 +479,7 @@ class JobStore:
     ) -> tuple[datetime, datetime]:
         """The operation name, stored with `running` and the `submitted` report in one commit,
         before any waiting. Its submission and deadline times."""
-        report = self._report_row(job, "progress", progress=Progress(stage="submitted"))
+        outgoing, report = self._report(job, "progress", progress=Progress(stage="submitted"))
         async with self._records:
             row = await self.pool.fetchrow(
                 _RECORD_OPERATION_RAW,
@@ -498,11 +488,11 @@ class JobStore:
                 name,
                 float(deadline_seconds),
                 float(first_poll_seconds),
-                *_report_args(report),
+                *outgoing.arrays([report]),
             )
         if row is None:
             raise LeaseLost(str(job.generation_id))
-        self._sent(report, row["outbox_id"])
+        _sent(outgoing, report, row["outbox_id"])
         return row["submitted_at"], row["deadline_at"]
 
     async def update(self, job: Job, **values: Any) -> None:
@@ -511,7 +501,7 @@ class JobStore:
 
     async def progress(self, job: Job, progress: Progress, **values: Any) -> bool:
         """Report progress (with any column changes); False if the generation has ended."""
-        report = self._report_row(job, "progress", progress=progress)
+        outgoing, report = self._report(job, "progress", progress=progress)
         columns = tuple(values)
         async with self._slots:
             # One statement: the job's columns, the generation's status read with them, and
@@ -521,14 +511,14 @@ class JobStore:
                 job.generation_id,
                 self.owner,
                 list(TERMINAL_GENERATION),
-                *_report_args(report),
+                *outgoing.arrays([report]),
                 *values.values(),
             )
         if row is None:
             raise LeaseLost(str(job.generation_id))
         if row["generation_status"] in TERMINAL_GENERATION:
             return False
-        self._sent(report, row["outbox_id"])
+        _sent(outgoing, report, row["outbox_id"])
         return True
 
     async def succeed(self, job: Job, result: RenderResult) -> bool:
@@ -552,9 +542,9 @@ class JobStore:
         error: ErrorInfo | None = None,
     ) -> bool:
         if result is not None:
-            report = self._report_row(job, "succeeded", result=result)
+            outgoing, report = self._report(job, "succeeded", result=result)
         else:
-            report = self._report_row(job, "failed", error=error)
+            outgoing, report = self._report(job, "failed", error=error)
         async with self._slots:
             # One statement: `status`, or `cancelled` if the generation ended meanwhile, and
             # the report unless it did.
@@ -565,46 +555,24 @@ class JobStore:
                 list(TERMINAL_GENERATION),
                 status,
                 error.model_dump(mode="json") if error else None,
-                *_report_args(report),
+                *outgoing.arrays([report]),
             )
         if row is None:
             raise LeaseLost(str(job.generation_id))
         if row["generation_status"] in TERMINAL_GENERATION:  # cancelled meanwhile
             log.info("Job cancelled", instead_of=status)
             return False
-        self._sent(report, row["outbox_id"])
+        _sent(outgoing, report, row["outbox_id"])
         log.info("Job finished", status=status)
         return True
 
-    def _report_row(self, job: Job, kind: RenderReportKind, **fields: Any) -> dict[str, Any]:
-        """A report's outbox row, as `shared.outbox.enqueue` stages one (in the current trace
-        context, with the user for the publish span; marked as handed over when this process's
-        relay runs: it publishes the row as soon as the statement has committed)."""
+    def _report(
+        self, job: Job, kind: RenderReportKind, **fields: Any
+    ) -> tuple[Outgoing, dict[str, Any]]:
+        """A report's outbox row, staged as `shared.outbox` stages one (the current trace
+        context, the user for the publish span), with what hands it to the relay."""
         message = RenderReported(generation_id=job.generation_id, kind=kind, **fields)
-        headers = inject({})
-        user_id = current_context().get("user_id")
-        if user_id:
-            headers[_USER_HEADER] = str(user_id)
-        if self.relay.running:
-            headers[_HANDED_HEADER] = 1
-        return {
-            "message_id": uuid.uuid4(),
-            "exchange": EVENTS,
-            "routing_key": message.routing_key,
-            "type": message.TYPE,
-            "correlation_id": message.correlation_id,
-            "body": message.model_dump_json(),
-            "headers": headers,
-        }
-
-    def _sent(self, report: dict[str, Any], outbox_id: int | None) -> None:
-        """The report's row is committed: to the relay now (or at its next claim)."""
-        if outbox_id is None:
-            return
-        if _HANDED_HEADER in report["headers"]:
-            self.relay.hand_over([{**report, "id": outbox_id}])
-        else:
-            self.relay.wake()
+        return Outgoing(self.relay), Outgoing.stage(message)
 
     async def _set(
         self, session: AsyncSession, job: Job, *, generation_status: bool = False, **values: Any
@@ -660,18 +628,6 @@ class JobStore:
         }
 
 
-def _report_args(row: dict[str, Any]) -> tuple[Any, ...]:
-    return (
-        row["message_id"],
-        row["exchange"],
-        row["routing_key"],
-        row["type"],
-        row["correlation_id"],
-        row["body"],
-        row["headers"],
-    )
-
-
 def _report(
     session: AsyncSession, generation_id: uuid.UUID, kind: RenderReportKind, **fields: Any
 ) -> None:
@@ -683,3 +639,11 @@ async def _generation_status(session: AsyncSession, generation_id: uuid.UUID) ->
         text("SELECT status FROM generations WHERE id = :id"), {"id": generation_id}
     )
     return Status(value) if value is not None else None
+
+
+def _sent(outgoing: Outgoing, report: dict[str, Any], outbox_id: int | None) -> None:
+    """The report's statement has committed (autocommit): its row goes to the relay now (or,
+    with no running relay, at the relay's next claim). No row: the report was not due."""
+    if outbox_id is not None:
+        outgoing.written([report], [(outbox_id, report["message_id"])])
+        outgoing.committed()
