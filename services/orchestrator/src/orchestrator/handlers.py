@@ -17,7 +17,6 @@ from shared.state_machine import Event, Status, Trigger
 
 from orchestrator import sql
 from orchestrator.generations import transition, with_generation
-from orchestrator.quotas import check_quotas
 from orchestrator.reports import apply_report
 
 log = get_logger("ORCHESTRATOR")
@@ -73,7 +72,7 @@ class Handlers:
         trigger = Trigger.AUTO_CONFIRMED if gen.auto_confirm else Trigger.SPEC_READY
         if gen.auto_confirm:
             try:  # the user's quotas, as the API checks them when a user confirms
-                await check_quotas(
+                await quotas.check_on(
                     tx.conn,
                     gen.user_id,
                     quotas.Limits.from_settings(self.settings),

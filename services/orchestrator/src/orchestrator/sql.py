@@ -15,6 +15,7 @@ from dataclasses import fields
 from typing import Any
 
 import asyncpg
+from shared.db import raw
 from shared.db.models import Generation
 from shared.domain.generation_rows import GenerationRow
 from shared.inbox import claim_cte
@@ -30,31 +31,10 @@ _COLUMNS = ", ".join(f.name for f in fields(GenerationRow))
 _JSONB = frozenset(c.name for c in _TABLE.c if isinstance(c.type, JSONB))
 
 
-async def _setup(conn: Any) -> None:
-    for name in ("json", "jsonb"):
-        await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-
-
-async def _keep_session(conn: Any) -> None:
-    """No reset on release (asyncpg's default is a round trip per release): these statements
-    leave no session state behind; an open transaction is still rolled back by asyncpg."""
-
-
-def dsn(settings: Settings) -> str:
-    url = settings.database_url
-    for prefix in ("postgresql+asyncpg://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql://" + url[len(prefix) :]
-    return url
-
-
 async def open_pool(settings: Settings, *, size: int = POOL_SIZE) -> asyncpg.Pool:
     """Connections are made when first needed (a database that is down at start is waited out
-    by the handlers, `shared.db.outage`)."""
-    pool: asyncpg.Pool = await asyncpg.create_pool(
-        dsn(settings), min_size=0, max_size=size, init=_setup, reset=_keep_session
-    )
-    return pool
+    by the handlers, `shared.db.outage`); no session reset on release (none is left)."""
+    return await raw.open_pool(settings, size=size, reset_sessions=False)
 
 
 class PoolHolder:
@@ -147,22 +127,4 @@ DISPATCH = (
     "SELECT (SELECT count(*) FROM claimed) AS fresh, "
     "(SELECT array_agg(id ORDER BY id) FROM written) AS ids, "
     "(SELECT array_agg(message_id ORDER BY id) FROM written) AS message_ids"
-)
-
-
-# -- quotas (`shared.domain.quotas`) --------------------------------------------------------------
-
-LOCK_USER = "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE"
-# After the lock, so that this statement's snapshot sees what the user's last confirmation
-# committed: generations running now, and video seconds confirmed since $2.
-USAGE = (
-    "SELECT (SELECT count(*) FROM generations WHERE user_id = $1 "
-    "AND status IN ('confirmed', 'processing')) AS running, "
-    "(SELECT COALESCE(sum(COALESCE((spec->>'duration_seconds')::numeric, 0)), 0) "
-    "FROM generations WHERE user_id = $1 AND confirmed_at > $2) AS seconds"
-)
-# Only when over the daily limit: when enough of it frees up.
-SPENT = (
-    "SELECT confirmed_at, COALESCE((spec->>'duration_seconds')::numeric, 0) AS seconds "
-    "FROM generations WHERE user_id = $1 AND confirmed_at > $2 ORDER BY confirmed_at"
 )
