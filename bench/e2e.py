@@ -75,7 +75,10 @@ class Pipeline:
         self._next_key = itertools.cycle(api_keys)
         self.set_apis(api_urls)
         self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=2000),
+            # Idle connections are dropped before uvicorn drops them (its keep-alive is 5 s):
+            # at 1,000 in flight a client waits a minute between POSTs, and a POST sent on a
+            # connection the server had just closed failed as "Server disconnected".
+            connector=aiohttp.TCPConnector(limit=2000, keepalive_timeout=3),
             timeout=aiohttp.ClientTimeout(total=TIMEOUT),
         )
 
