@@ -21,13 +21,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shared.consumer import Transaction
-from shared.db.models import utcnow
 from shared.domain.generation_rows import GenerationRow
-from shared.domain.transitions import ConcurrentUpdate, snapshot
+from shared.domain.transitions import ConcurrentUpdate, plan, snapshot
 from shared.logging import get_logger
 from shared.messages import LifecycleEvent
 from shared.metrics import ServiceMetrics
-from shared.state_machine import Decision, Status, Trigger, decide
+from shared.state_machine import Decision, Status, Trigger
 from shared.telemetry import label
 
 from orchestrator import sql
@@ -79,18 +78,7 @@ async def transition(
     `ConcurrentUpdate`; on success `gen` holds the new values and its events are in the
     outbox (written by the same statement as the compare-and-set)."""
     before = Status(gen.status)
-    decision = decide(before, trigger)
-    now = utcnow()
-    values = {
-        **changes,
-        "status": decision.status.value,
-        "version": gen.version + 1,
-        "updated_at": now,
-    }
-    if decision.changed(before):
-        values["status_changed_at"] = now
-    if decision.status == Status.CONFIRMED and gen.status != Status.CONFIRMED:
-        values["confirmed_at"] = now  # dates the video seconds spent (the daily quota)
+    decision, values, now = plan(gen, trigger, changes)
     telemetry.label(gen.id, gen.user_id)
     rows: list[dict[str, Any]] = []
     if decision.events:

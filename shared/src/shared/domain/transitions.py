@@ -7,6 +7,7 @@ in (`telemetry.generation_span`)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, bindparam, update
@@ -47,14 +48,11 @@ def snapshot(gen: Generation | GenerationRow) -> GenerationSnapshot:
     )
 
 
-async def apply_transition(
-    session: AsyncSession, gen: Generation | GenerationRow, trigger: Trigger, **changes: Any
-) -> Decision:
-    """Move `gen` by `trigger`, writing `changes` with it. Raises `IllegalTransition` or
-    `ConcurrentUpdate`; on success `gen` holds the new values and its events are in the outbox.
-
-    `gen` is an ORM entity (the API) or a `GenerationRow` read without the ORM (the
-    orchestrator); either way the write is the same compare-and-set UPDATE."""
+def plan(
+    gen: Generation | GenerationRow, trigger: Trigger, changes: dict[str, Any]
+) -> tuple[Decision, dict[str, Any], datetime]:
+    """The move of `gen` by `trigger` (or `IllegalTransition`): the decision, the row's new
+    values (`changes` with the status, the next version and the times it dates) and when."""
     before = Status(gen.status)
     decision = decide(before, trigger)
     now = utcnow()
@@ -68,6 +66,19 @@ async def apply_transition(
         values["status_changed_at"] = now
     if decision.status == Status.CONFIRMED and gen.status != Status.CONFIRMED:
         values["confirmed_at"] = now  # dates the video seconds spent (the daily quota)
+    return decision, values, now
+
+
+async def apply_transition(
+    session: AsyncSession, gen: Generation | GenerationRow, trigger: Trigger, **changes: Any
+) -> Decision:
+    """Move `gen` by `trigger`, writing `changes` with it. Raises `IllegalTransition` or
+    `ConcurrentUpdate`; on success `gen` holds the new values and its events are in the outbox.
+
+    `gen` is an ORM entity (the API) or a `GenerationRow` read without the ORM (the
+    orchestrator); either way the write is the same compare-and-set UPDATE."""
+    before = Status(gen.status)
+    decision, values, now = plan(gen, trigger, changes)
     statement = _update(tuple(values))
     params = {**_params(values), "_id": gen.id, "_version": gen.version}
     orm = isinstance(gen, Generation)
