@@ -44,13 +44,6 @@ class Run:
         return 12.0 if self.args.quick else 30.0
 
     @property
-    def sweep_turnover_limit(self) -> float:
-        """The same for the end-to-end sweep, whose last point (1,000 in flight) is the curve's
-        far end: a full run waits for it as long as the system needs about 12/s to turn it over
-        (~80 s, then as long to drain), which keeps `make bench` within its 10 minutes."""
-        return 12.0 if self.args.quick else 85.0
-
-    @property
     def window(self) -> float:
         return 5.0 if self.args.quick else 8.0
 

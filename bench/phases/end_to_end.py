@@ -93,12 +93,12 @@ async def end_to_end(run: Run) -> None:
     for concurrency in SWEEP:
         if best is not None and best["rate_per_s"] > 0:
             turnover = concurrency / best["rate_per_s"]
-            if turnover > run.sweep_turnover_limit:
+            if turnover > run.turnover_limit:
                 predicted.append({"concurrency": concurrency, "p50_ms": round(1000 * turnover, 1)})
                 run.unmeasured.append(
                     f"end to end at {concurrency} in flight: at {best['rate_per_s']:.1f}/s one "
                     f"turnover takes ~{turnover:.0f} s, over this run's "
-                    f"{run.sweep_turnover_limit:.0f} s per point (Little's law: p50 ≈ "
+                    f"{run.turnover_limit:.0f} s per point (Little's law: p50 ≈ "
                     f"{turnover:.0f} s there)"
                 )
                 continue
@@ -108,7 +108,7 @@ async def end_to_end(run: Run) -> None:
             run.pids,
             concurrency,
             run.window,
-            max_warmup=1.3 * run.sweep_turnover_limit,
+            max_warmup=1.3 * run.turnover_limit,
         )
         data = point.as_dict()
         points.append(data)
@@ -199,11 +199,14 @@ async def scaling(run: Run) -> None:
     run.pipeline.set_apis(run.stack.api_urls())
     points = []
     # At the knee of the one-replica sweep: the fewest in flight within 10% of its best rate (a
-    # higher count adds only waiting, and its turnover would not fit in this phase).
-    one = min(
-        (p for p in run.results["e2e"]["sweep"] if p["rate_per_s"] >= 0.9 * best["rate_per_s"]),
-        key=lambda p: p["concurrency"],
-    )
+    # higher count adds only waiting), among the points whose turnover fits in this phase.
+    fitting = [
+        p
+        for p in run.results["e2e"]["sweep"]
+        if p["concurrency"] / max(p["rate_per_s"], 0.1) <= run.turnover_limit
+    ] or [best]
+    top = max(p["rate_per_s"] for p in fitting)
+    one = min((p for p in fitting if p["rate_per_s"] >= 0.9 * top), key=lambda p: p["concurrency"])
     concurrencies = sorted({one["concurrency"], min(1000, one["concurrency"] * 3)})
     for concurrency in concurrencies:
         # The second point only when it is short: this phase comes last, near the 10 minutes.
