@@ -16,7 +16,7 @@ annotations at runtime to inject the raw message.)
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from aio_pika.abc import (
@@ -27,7 +27,7 @@ from aio_pika.abc import (
 )
 from faststream.message import AckStatus
 from faststream.rabbit.annotations import RabbitMessage
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -278,43 +278,69 @@ def traced(queue: str, handler: Handler, metrics: ServiceMetrics | None = None) 
 
     async def on_message(message: RabbitMessage) -> None:
         raw = message.raw_message
-        started = time.perf_counter()
-        outcome = "requeued"  # an exception: FastStream nacks, the broker redelivers
-        with telemetry.tracer().start_as_current_span(
-            f"process {queue}",
-            context=telemetry.extract(message.headers),
-            kind=SpanKind.CONSUMER,
-            attributes=process_attributes(queue, raw),
-        ) as span:
-            try:
-                with log_context(generation_id=raw.correlation_id or None):
-
-                    async def once() -> None:
-                        try:
-                            await handler(message)
-                        except Exception as error:
-                            if message.committed is None:
-                                raise
-                            # It acked or rejected its message itself: nothing to redo.
-                            failure = repr(error)[:500]
-                            log.warning("Handling failed after settling", error=failure)
-
-                    try:
-                        await outlast_outage(
-                            once, patience=OUTAGE_PATIENCE_SECONDS, what=f"consume {queue}"
-                        )
-                    except Exception as error:
-                        log.warning("Handling failed, message requeued", error=repr(error)[:500])
-                        raise
-                outcome = "dead_lettered" if message.committed == AckStatus.REJECTED else "acked"
-            finally:
-                if span.is_recording():
-                    span.set_attribute("reelflow.outcome", outcome)
-                if metrics is not None:
-                    metrics.consumed.labels(queue, outcome).inc()
-                    metrics.handling.labels(queue).observe(time.perf_counter() - started)
+        # An exception: FastStream nacks, the broker redelivers ("requeued").
+        with consuming(queue, raw, metrics) as result:
+            await handle_once(
+                queue, lambda: handler(message), lambda: message.committed is not None
+            )
+            result.outcome = "dead_lettered" if message.committed == AckStatus.REJECTED else "acked"
 
     return on_message
+
+
+class Consumed:
+    """What became of a consumed message (`consuming`): its span, and the outcome counted."""
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+        self.outcome = "requeued"
+
+
+@contextlib.contextmanager
+def consuming(
+    queue: str, raw: AbstractIncomingMessage, metrics: ServiceMetrics | None
+) -> Iterator[Consumed]:
+    """A message's handling: a CONSUMER span `process <queue>` under the publisher's context,
+    the generation in the log context, the outcome counted and the time observed."""
+    started = time.perf_counter()
+    with telemetry.tracer().start_as_current_span(
+        f"process {queue}",
+        context=telemetry.extract(raw.headers),
+        kind=SpanKind.CONSUMER,
+        attributes=process_attributes(queue, raw),
+    ) as span:
+        result = Consumed(span)
+        try:
+            with log_context(generation_id=raw.correlation_id or None):
+                yield result
+        finally:
+            if span.is_recording():
+                span.set_attribute("reelflow.outcome", result.outcome)
+            if metrics is not None:
+                metrics.consumed.labels(queue, result.outcome).inc()
+                metrics.handling.labels(queue).observe(time.perf_counter() - started)
+
+
+async def handle_once(
+    queue: str, call: Callable[[], Awaitable[None]], settled: Callable[[], bool]
+) -> None:
+    """`call()`, again while the database is away (`shared.db.outage`); an error raised after
+    the handler settled its message itself is only logged (there is nothing to redo), any
+    other is logged and raised (the message goes back to the queue)."""
+
+    async def once() -> None:
+        try:
+            await call()
+        except Exception as error:
+            if not settled():
+                raise
+            log.warning("Handling failed after settling", error=repr(error)[:500])
+
+    try:
+        await outlast_outage(once, patience=OUTAGE_PATIENCE_SECONDS, what=f"consume {queue}")
+    except Exception as error:
+        log.warning("Handling failed, message requeued", error=repr(error)[:500])
+        raise
 
 
 async def dead_letter_raw(raw: AbstractIncomingMessage, queue: str, reason: str) -> None:
@@ -397,47 +423,19 @@ class QueueConsumer:
                 self._idle.set()
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
-        started = time.perf_counter()
-        outcome = "requeued"
-        queue = self.queue
-        with telemetry.tracer().start_as_current_span(
-            f"process {queue}",
-            context=telemetry.extract(message.headers),
-            kind=SpanKind.CONSUMER,
-            attributes=process_attributes(queue, message),
-        ) as span:
+        with consuming(self.queue, message, self.metrics) as result:
             try:
-                with log_context(generation_id=message.correlation_id or None):
-
-                    async def once() -> None:
-                        try:
-                            await self.handler(message)
-                        except Exception as error:
-                            if not message.processed:
-                                raise
-                            # It settled its message itself: nothing to redo.
-                            failure = repr(error)[:500]
-                            log.warning("Handling failed after settling", error=failure)
-
-                    try:
-                        await outlast_outage(
-                            once, patience=OUTAGE_PATIENCE_SECONDS, what=f"consume {queue}"
-                        )
-                    except Exception as error:
-                        log.warning("Handling failed, message requeued", error=repr(error)[:500])
-                        if span.is_recording():
-                            span.record_exception(error)
-                            span.set_status(Status(StatusCode.ERROR, repr(error)[:300]))
-                        await _settle(message.nack(requeue=True), "nack")
-                        return
-                if message.processed:
-                    outcome = "dead_lettered"
-                else:
-                    await _settle(message.ack(), "ack")
-                    outcome = "acked"
-            finally:
-                if span.is_recording():
-                    span.set_attribute("reelflow.outcome", outcome)
-                if self.metrics is not None:
-                    self.metrics.consumed.labels(queue, outcome).inc()
-                    self.metrics.handling.labels(queue).observe(time.perf_counter() - started)
+                await handle_once(
+                    self.queue, lambda: self.handler(message), lambda: message.processed
+                )
+            except Exception as error:
+                if result.span.is_recording():
+                    result.span.record_exception(error)
+                    result.span.set_status(Status(StatusCode.ERROR, repr(error)[:300]))
+                await _settle(message.nack(requeue=True), "nack")
+                return
+            if message.processed:  # the handler dead-lettered it
+                result.outcome = "dead_lettered"
+            else:
+                await _settle(message.ack(), "ack")
+                result.outcome = "acked"
