@@ -43,18 +43,11 @@ from starlette.routing import Route
 
 from tests.e2e.harness import Receiver, eventually, serve_asgi
 from tests.fakes.fake_veo import FakeVeo
-from tests.support import ADMIN_KEY, free_port
+from tests.support import ADMIN_KEY, PORT_VARIABLE, SERVICES, free_port
 
 GEMINI_KEY = "AIzaSyB-telemetry-test-key-0123456789abc"
 WORKER_API_KEY = "worker-key-telemetry-e2e"
 MODEL = "veo-3.1-fast-generate-preview"
-SERVICES = ("api", "orchestrator", "worker", "notifier")
-PORTS = {
-    "api": "API_PORT",
-    "orchestrator": "ORCHESTRATOR_METRICS_PORT",
-    "worker": "WORKER_METRICS_PORT",
-    "notifier": "NOTIFIER_METRICS_PORT",
-}
 QUEUES = (
     "orchestrator.requests",
     "orchestrator.confirmations",
@@ -182,7 +175,7 @@ async def _scrape(env: dict[str, str]) -> dict[str, Samples]:
     async with httpx.AsyncClient(timeout=10) as http:
         found = {}
         for name in SERVICES:
-            r = await http.get(f"http://127.0.0.1:{env[PORTS[name]]}/metrics")
+            r = await http.get(f"http://127.0.0.1:{env[PORT_VARIABLE[name]]}/metrics")
             assert r.status_code == 200, (name, r.text)
             found[name] = parse_metrics(r.text)
         return found
@@ -232,7 +225,7 @@ async def run(
         service_env = {
             **inherited,
             **env,
-            **{variable: str(free_port()) for variable in PORTS.values()},
+            **{variable: str(free_port()) for variable in PORT_VARIABLE.values()},
             "VIDEO_PROVIDER": "veo",
             "GEMINI_API_KEY": GEMINI_KEY,
             "GOOGLE_GEMINI_BASE_URL": veo.base_url,
@@ -260,7 +253,7 @@ async def run(
                     start_new_session=True,
                 )
             for name in SERVICES:
-                port = service_env[PORTS[name]]
+                port = service_env[PORT_VARIABLE[name]]
                 await _ready(name, port, procs[name], logs_dir / f"{name}.log")
             before = await _scrape(service_env)
 
