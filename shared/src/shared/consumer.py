@@ -13,6 +13,7 @@ consumed-message metrics.
 annotations at runtime to inject the raw message.)
 """
 
+import abc
 import asyncio
 import contextlib
 import time
@@ -359,7 +360,45 @@ async def _settle(settling: Awaitable[None], what: str) -> None:
         log.warning("Could not settle a message", settle=what, error=str(exc)[:200])
 
 
-class QueueConsumer:
+class QueueSubscription(abc.ABC):
+    """A work queue consumed with aio-pika itself: a channel of its own with `prefetch`
+    unacked messages at most, each message handed to `on_message`. The channel comes from a
+    robust connection, so the consumer is restored after a broker restart. `cancel` takes no
+    more messages, `close` closes the channel (what is still unacked goes back to the queue).
+    `QueueConsumer` (a message per handler call) and the notifier's batching consumer build on
+    it."""
+
+    def __init__(self, queue: str, *, prefetch: int) -> None:
+        self.queue = queue
+        self.prefetch = prefetch
+        self._channel: AbstractChannel | None = None
+        self._amqp_queue: AbstractQueue | None = None
+        self._tag: str | None = None
+
+    async def start(self, connection: AbstractRobustConnection) -> None:
+        self._channel = await connection.channel()
+        await self._channel.set_qos(prefetch_count=self.prefetch)
+        self._amqp_queue = await self._channel.get_queue(self.queue)
+        self._tag = await self._amqp_queue.consume(self.on_message)
+
+    async def cancel(self) -> None:
+        """Take no more messages (those received are still handled and settled)."""
+        if self._amqp_queue is not None and self._tag is not None:
+            with contextlib.suppress(Exception):
+                await self._amqp_queue.cancel(self._tag)
+            self._tag = None
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            with contextlib.suppress(Exception):
+                await self._channel.close()
+
+    @abc.abstractmethod
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        """One message received (not yet acknowledged)."""
+
+
+class QueueConsumer(QueueSubscription):
     """One work queue consumed with aio-pika itself, one message per handler call, each as
     `traced` and FastStream's NACK_ON_ERROR handle it: a CONSUMER span `process <queue>` under
     the publisher's context, a database outage waited out in place, acked once the handler
@@ -377,40 +416,18 @@ class QueueConsumer:
         prefetch: int,
         metrics: ServiceMetrics | None = None,
     ) -> None:
-        self.queue = queue
+        super().__init__(queue, prefetch=prefetch)
         self.handler = handler
-        self.prefetch = prefetch
         self.metrics = metrics
-        self._channel: AbstractChannel | None = None
-        self._amqp_queue: AbstractQueue | None = None
-        self._tag: str | None = None
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-
-    async def start(self, connection: AbstractRobustConnection) -> None:
-        self._channel = await connection.channel()
-        await self._channel.set_qos(prefetch_count=self.prefetch)
-        self._amqp_queue = await self._channel.get_queue(self.queue)
-        self._tag = await self._amqp_queue.consume(self.on_message)
-
-    async def cancel(self) -> None:
-        """Take no more messages (those received are still handled and settled)."""
-        if self._amqp_queue is not None and self._tag is not None:
-            with contextlib.suppress(Exception):
-                await self._amqp_queue.cancel(self._tag)
-            self._tag = None
 
     async def drain(self, within: float) -> None:
         """Wait until the messages received so far are settled (or `within` seconds passed:
         what is still unacked then goes back to the queue when the channel closes)."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), within)
-
-    async def close(self) -> None:
-        if self._channel is not None:
-            with contextlib.suppress(Exception):
-                await self._channel.close()
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         self._in_flight += 1

@@ -1,13 +1,15 @@
 """Consuming a work queue in batches, with aio-pika itself.
 
-The other services consume through FastStream (`shared.runtime.ConsumerService`), one message
-per handler call. The notifier takes its two queues in batches instead: a batch of lifecycle
-events is one transaction, a batch of delivery commands another. It does so with aio-pika
-directly — on this machine FastStream's per-message machinery cost ~340 µs of CPU against
-~125 µs for a bare aio-pika consumer, which at a thousand webhooks a second is a third of a
-core — while keeping what `shared.consumer.traced` gives every message: a CONSUMER span
-`process <queue>` under the publisher's span, the consumed-message metrics, and
-`read_or_reject`'s checks (unreadable messages go to the DLQ at once).
+The other services consume one message per handler call (through FastStream, or the
+orchestrator with `shared.consumer.QueueConsumer`). The notifier takes its two queues in batches
+instead: a batch of lifecycle events is one transaction, a batch of delivery commands another.
+It does so with aio-pika directly (the channel, its prefetch and re-consuming after a broker
+restart are `shared.consumer.QueueSubscription`'s) — on this machine FastStream's per-message
+machinery cost ~340 µs of CPU against ~125 µs for a bare aio-pika consumer, which at a thousand
+webhooks a second is a third of a core — while keeping what `shared.consumer.traced` gives
+every message: a CONSUMER span `process <queue>` under the publisher's span, the
+consumed-message metrics, and `read_or_reject`'s checks (unreadable messages go to the DLQ at
+once).
 
 `Batcher` gathers items and hands them to a coroutine in batches: as many as have arrived while
 the previous batch was busy (up to `max_batch`), so a quiet queue is handled one message at a
@@ -23,14 +25,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractIncomingMessage,
-    AbstractQueue,
-    AbstractRobustConnection,
-)
+from aio_pika.abc import AbstractIncomingMessage
 from opentelemetry.trace import Span, SpanKind
-from shared.consumer import process_attributes, read_checked
+from shared.consumer import QueueSubscription, process_attributes, read_checked
 from shared.deadletter import copy_to_dlq
 from shared.logging import get_logger
 from shared.messages import Message
@@ -135,9 +132,10 @@ class _Tags:
     to_ack: set[int] = field(default_factory=set)
 
 
-class QueueConsumer:
-    """One work queue on a robust connection of its own (it re-consumes after a broker
-    restart), whose messages go to `batcher` in their spans."""
+class QueueConsumer(QueueSubscription):
+    """One work queue on a robust connection of its own (`shared.consumer.QueueSubscription`:
+    it re-consumes after a broker restart), whose messages go to `batcher` in their spans and
+    are settled by delivery tag once their batch is done."""
 
     def __init__(
         self,
@@ -146,40 +144,18 @@ class QueueConsumer:
         batcher: Batcher[Received],
         metrics: ServiceMetrics | None,
     ) -> None:
-        self.queue = queue
-        self.prefetch = prefetch
+        super().__init__(queue.name, prefetch=prefetch)
         self.batcher = batcher
         self.metrics = metrics
-        self._channel: AbstractChannel | None = None
-        self._tag: str | None = None
-        self._amqp_queue: AbstractQueue | None = None
         self._tags: dict[int, tuple[Any, _Tags]] = {}
         self._acking = asyncio.Lock()
 
-    async def start(self, connection: AbstractRobustConnection) -> None:
-        self._channel = await connection.channel()
-        await self._channel.set_qos(prefetch_count=self.prefetch)
-        self._amqp_queue = await self._channel.get_queue(self.queue.name)
-        self._tag = await self._amqp_queue.consume(self.on_message)
-
-    async def cancel(self) -> None:
-        """Take no more messages (those already received are still handled and settled)."""
-        if self._amqp_queue is not None and self._tag is not None:
-            with contextlib.suppress(Exception):
-                await self._amqp_queue.cancel(self._tag)
-            self._tag = None
-
-    async def close(self) -> None:
-        if self._channel is not None:
-            with contextlib.suppress(Exception):
-                await self._channel.close()
-
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         span = telemetry.tracer().start_span(
-            f"process {self.queue.name}",
+            f"process {self.queue}",
             context=telemetry.extract(message.headers),
             kind=SpanKind.CONSUMER,
-            attributes=process_attributes(self.queue.name, message),
+            attributes=process_attributes(self.queue, message),
         )
         channel, tag = message.channel, message.delivery_tag or 0
         entry = self._tags.get(id(channel))
@@ -224,7 +200,7 @@ class QueueConsumer:
         """Into the queue's DLQ with the reason (`shared.deadletter`'s way: a copy published
         to the dead-letter exchange with `x-reelflow-reason` and `x-reelflow-queue`, confirmed,
         then the original acked; a plain reject if the copy cannot be made)."""
-        if await copy_to_dlq(item.message, self.queue.name, reason):
+        if await copy_to_dlq(item.message, self.queue, reason):
             await self.ack([item], outcome="dead_lettered")
         else:
             await self._settle(
@@ -249,10 +225,8 @@ class QueueConsumer:
             span.set_attribute("reelflow.outcome", outcome)
         span.end()
         if self.metrics is not None:
-            self.metrics.consumed.labels(self.queue.name, outcome).inc()
-            self.metrics.handling.labels(self.queue.name).observe(
-                time.perf_counter() - item.started
-            )
+            self.metrics.consumed.labels(self.queue, outcome).inc()
+            self.metrics.handling.labels(self.queue).observe(time.perf_counter() - item.started)
 
 
 def read(item: Received, message_type: type[M], consumer: str) -> M | str:
