@@ -4,9 +4,12 @@ their own, so a developer's `make run` and the suite never see each other's mess
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import shutil
 import subprocess
+import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -39,6 +42,57 @@ def fresh_vhost(name: str) -> None:
     _rabbitmqctl("delete_vhost", name)
     _rabbitmqctl("add_vhost", name)
     _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+
+
+# How long before pytest-timeout's limit the watchdog below prints what every task awaits.
+TASKS_DUMPED_BEFORE_TIMEOUT = 15.0
+
+
+def _dump_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    out = io.StringIO()
+    tasks = asyncio.all_tasks(loop)
+    out.write(f"\n=== test about to time out: {len(tasks)} asyncio tasks ===\n")
+    for task in tasks:
+        task.print_stack(limit=12, file=out)
+    sys.stderr.write(out.getvalue())
+    # What the broker complained of lately (a refused connection says why only in its log).
+    threading.Thread(target=_broker_complaints, daemon=True).start()
+
+
+def _broker_complaints() -> None:
+    try:
+        tail = subprocess.run(
+            ["rabbitmq-diagnostics", "-q", "log_tail", "--number", "500"],
+            capture_output=True,
+            text=True,
+            timeout=12,
+            check=False,
+        ).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError) as exc:
+        tail = [f"(rabbitmq-diagnostics log_tail failed: {exc})"]
+    complaints = [line for line in tail if "[error]" in line or "[warning]" in line]
+    sys.stderr.write("=== RabbitMQ's last warnings and errors ===\n" + "\n".join(complaints[-30:]))
+
+
+@pytest.fixture(autouse=True)
+async def _tasks_dumped_before_timeout(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """pytest-timeout shows only threads, and a hung async test sits in the event loop's
+    `select`: just before the limit, print every task's stack (what each one awaits)."""
+    marker = request.node.get_closest_marker("timeout")
+    limit = (
+        float(marker.args[0])
+        if marker and marker.args
+        else float(request.config.getini("timeout") or 0)
+    )
+    if limit <= TASKS_DUMPED_BEFORE_TIMEOUT:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    handle = loop.call_later(limit - TASKS_DUMPED_BEFORE_TIMEOUT, _dump_tasks, loop)
+    try:
+        yield
+    finally:
+        handle.cancel()
 
 
 @pytest.fixture(scope="session")
