@@ -24,7 +24,7 @@ from veo_worker.handlers import RenderCommands
 from veo_worker.main import WorkerService, build
 from veo_worker.scheduler import Scheduler
 
-from tests.support import eventually, record_bound
+from tests.support import eventually, free_port, record_bound
 
 PROMPT = "A paper boat drifting down a rain-soaked city street, neon reflections"
 
@@ -127,7 +127,9 @@ async def _purge_unconsumed(settings: Settings) -> None:
 
 @contextlib.asynccontextmanager
 async def running_worker(settings: Settings) -> AsyncIterator[Running]:
-    service = build(settings)
+    # A port of its own: a worker left running by a test that timed out must not keep every
+    # later test's worker from starting (uvicorn exits when its port is taken).
+    service = build(settings.model_copy(update={"metrics_port_worker": free_port()}))
     await service.start()
     try:
         yield Running(service)

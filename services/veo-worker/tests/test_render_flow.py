@@ -73,8 +73,8 @@ async def test_a_command_ends_with_a_stored_probed_mp4_and_ordered_reports(
     )
 
 
-async def test_health_and_readiness(worker: Running, prepared: Settings) -> None:
-    base = f"http://127.0.0.1:{prepared.metrics_port_worker}"
+async def test_health_and_readiness(worker: Running) -> None:
+    base = f"http://127.0.0.1:{worker.service.health_port}"
     async with httpx.AsyncClient(base_url=base) as client:
         assert (await client.get("/healthz")).status_code == 200
         ready = await client.get("/readyz")

@@ -22,7 +22,6 @@ from veo_worker.flows import CRASH_WINDOW
 from veo_worker.probe import probe_video
 
 from tests.fakes.fake_veo import FakeVeo
-from tests.support import free_port
 
 if TYPE_CHECKING:
     from conftest import Bus, Eventually, Reports, Rows, RunWorker
@@ -193,9 +192,8 @@ async def test_a_burst_queues_behind_the_global_cap_shared_by_two_workers(
 ) -> None:
     reports = await bus.reports()
     capped = veo_settings.model_copy(update={"veo_submissions_per_minute": 2})
-    other = capped.model_copy(update={"metrics_port_worker": free_port()})
     commands = [await rows.command(veo_spec(rows, f"{PROMPT} #{n}")) for n in range(5)]
-    async with running_worker(capped), running_worker(other):
+    async with running_worker(capped), running_worker(capped):  # each on a port of its own
         for command in commands:
             await bus.render(command)
         await eventually(lambda: fake_veo.submissions == 2)
