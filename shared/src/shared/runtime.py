@@ -193,6 +193,8 @@ class ConsumerService:
                 port=self.health_port,
                 log_level="warning",
                 lifespan="off",
+                # A probe still waiting on an unreachable broker must not hold the shutdown.
+                timeout_graceful_shutdown=5,
             )
             self._server = uvicorn.Server(config)
             self._server_task = asyncio.create_task(self._server.serve())

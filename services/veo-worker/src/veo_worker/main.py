@@ -91,12 +91,14 @@ class WorkerService(ConsumerService):
         await self.scheduler.start()
 
     async def stop(self) -> None:
-        await self.scheduler.stop()  # hands jobs back while the database is still open
-        await super().stop()
-        await self.scheduler.store.close()
-        await self.storage.close()
-        if isinstance(self.provider, VeoProvider):
-            await self.provider.aclose()
+        try:
+            await self.scheduler.stop()  # hands jobs back while the database is still open
+        finally:
+            await super().stop()
+            await self.scheduler.store.close()
+            await self.storage.close()
+            if isinstance(self.provider, VeoProvider):
+                await self.provider.aclose()
 
     async def ready(self) -> dict[str, Any]:
         checks = await super().ready()

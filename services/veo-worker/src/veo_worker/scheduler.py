@@ -107,9 +107,14 @@ class Scheduler:
                 await asyncio.wait(critical, timeout=SUBMIT_GRACE)
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # A stop that never ends is worse than a job left to its lease: bounded too.
+            _, stuck = await asyncio.wait(tasks, timeout=STOP_GRACE)
+            if stuck:
+                log.error("Jobs did not stop when cancelled", jobs=len(stuck))
         try:
-            await self.store.release([h.ctx.job.generation_id for h in held])
+            await asyncio.wait_for(
+                self.store.release([h.ctx.job.generation_id for h in held]), STOP_GRACE
+            )
         except Exception as exc:  # the leases expire by themselves
             log.warning("Handing jobs back failed", error=str(exc)[:300])
         log.info("Scheduler stopped", handed_back=len(held))
