@@ -33,6 +33,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection, DeliveryMode
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -70,7 +71,12 @@ def enqueue(
 
 
 def _row(
-    message: Message, *, headers: dict[str, Any] | None, routing_key: str | None
+    message: Message,
+    *,
+    headers: dict[str, Any] | None,
+    routing_key: str | None,
+    context: Context | None = None,
+    user_id: str | None = None,
 ) -> dict[str, Any]:
     """The row `message` is staged as (its trace context and user in its headers)."""
     exchange = (
@@ -87,7 +93,7 @@ def _row(
         "type": message.TYPE,
         "correlation_id": message.correlation_id,
         "body": message.model_dump_json(),
-        "headers": _traced(headers, message),
+        "headers": _traced(headers, message, context, user_id),
     }
 
 
@@ -96,9 +102,16 @@ def _row(
 _USER = "reelflow.user_id"
 
 
-def _traced(headers: dict[str, Any] | None, message: Message) -> dict[str, Any]:
-    stored = telemetry.inject(dict(headers or {}))
-    user_id = current_context().get("user_id")
+def _traced(
+    headers: dict[str, Any] | None,
+    message: Message,
+    context: Context | None = None,
+    user_id: str | None = None,
+) -> dict[str, Any]:
+    """`headers` with the trace context (the current one unless `context` is given) and, for
+    a message without a `user_id` of its own, the user (the log context's unless given)."""
+    stored = telemetry.inject(dict(headers or {}), context)
+    user_id = user_id or current_context().get("user_id")
     if user_id and getattr(message, "user_id", None) is None:
         stored[_USER] = str(user_id)
     return stored
@@ -210,6 +223,9 @@ def plain_insert(first: int, *, where: str | None = None) -> str:
     )
 
 
+_PLAIN_INSERT = plain_insert(1)
+
+
 class Outgoing:
     """The outbox rows of one transaction on a plain asyncpg connection: what `enqueue` stages
     on a session. The caller writes them in its transaction (`plain_insert` with `arrays()`,
@@ -226,10 +242,15 @@ class Outgoing:
         *,
         headers: dict[str, Any] | None = None,
         routing_key: str | None = None,
+        context: Context | None = None,
+        user_id: str | None = None,
     ) -> dict[str, Any]:
         """`message` as a row to write (as `enqueue` stages it: the current trace context and
-        user kept with it)."""
-        return _row(message, headers=headers, routing_key=routing_key)
+        user kept with it). A caller handling several messages at once names each one's trace
+        `context` and `user_id` instead (the current ones are not that message's)."""
+        return _row(
+            message, headers=headers, routing_key=routing_key, context=context, user_id=user_id
+        )
 
     @property
     def _handing(self) -> bool:
@@ -260,6 +281,12 @@ class Outgoing:
         for row in rows:
             row["id"] = ids[row["message_id"]]
         self.rows.extend(rows)
+
+    async def write(self, conn: Any, rows: list[dict[str, Any]]) -> None:
+        """Insert `rows` on their own (`plain_insert`, one statement) in `conn`'s transaction;
+        for a caller with no statement of its own to make it a CTE of."""
+        if rows:
+            self.written(rows, await conn.fetch(_PLAIN_INSERT, *self.arrays(rows)))
 
     def committed(self) -> None:
         """After the commit: the written rows go to the relay, to be published now (with no

@@ -44,7 +44,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from shared.logging import get_logger, log_context
 from shared.messages import WebhookDeliveryRequested
-from shared.outbox import OutboxRelay
+from shared.outbox import OutboxRelay, Outgoing
 from shared.settings import Settings
 from shared.telemetry import GENERATION_ID, USER_ID, extract, http_status, inject, safe_url
 from shared.telemetry import tracer as _tracer
@@ -419,6 +419,7 @@ class Deliverer:
         async with self._lock:
             kept, disabled, retries = await self._record(batch)
             self._forget(batch)
+        retries.committed()
         for rec in kept:
             if rec.verdict.next == Next.SUCCEEDED:
                 self._succeeded.inc()
@@ -428,8 +429,6 @@ class Deliverer:
                 self._given_up.inc()
         for endpoint_id, reason in disabled:
             log.warning("Endpoint disabled", endpoint_id=str(endpoint_id), reason=reason)
-        if retries:
-            self.relay.wake()
 
     def _forget(self, batch: Iterable[Record]) -> None:
         for rec in batch:
@@ -438,8 +437,10 @@ class Deliverer:
 
     async def _record(
         self, batch: list[Record]
-    ) -> tuple[list[Record], list[tuple[uuid.UUID, str]], int]:
+    ) -> tuple[list[Record], list[tuple[uuid.UUID, str]], Outgoing]:
+        """The attempts kept, the endpoints disabled, and the retries' commands written."""
         ids = sorted({rec.job.delivery_id for rec in batch})
+        outgoing = Outgoing(self.relay)
         async with self.db().acquire() as conn, conn.transaction():
             state = {
                 r["id"]: [r["status"], r["made"]]
@@ -459,7 +460,7 @@ class Deliverer:
                     found[0] = "finished"
                 kept.append(rec)
             if not kept:
-                return kept, [], 0
+                return kept, [], outgoing
             await conn.execute(
                 sql.ATTEMPTS_INSERT,
                 [r.job.delivery_id for r in kept],
@@ -486,21 +487,21 @@ class Deliverer:
                     for r in retries
                 ]
                 await conn.execute(sql.DUE, [r.job.delivery_id for r in retries], dues)
-                await sql.stage(conn, (self._retry_row(r) for r in retries))
+                await outgoing.write(conn, [self._retry_row(r) for r in retries])
             disabled = await self._streaks(conn, kept)
-        return kept, disabled, len(retries)
+        return kept, disabled, outgoing
 
-    def _retry_row(self, rec: Record) -> sql.OutboxRow:
+    def _retry_row(self, rec: Record) -> dict[str, Any]:
         assert rec.verdict.wait_seconds is not None
         queue = rung(rec.verdict.wait_seconds)
         job = rec.job
         command = WebhookDeliveryRequested(
             generation_id=job.generation_id, delivery_id=job.delivery_id, attempt=job.attempt + 1
         )
-        return sql.outbox_row(
+        return Outgoing.stage(
             command,
+            headers=_parent_headers(job.traceparent),
             context=job.context,
-            traceparent=job.traceparent,
             routing_key=queue.name if queue else None,
             user_id=job.user_id,
         )
@@ -567,18 +568,19 @@ class Deliverer:
             return
         for job in jobs:
             self.offer(job)
-        if parked:
-            self.relay.wake()
+        parked.committed()
         await self.commands.ack([item for item, _ in items])
 
     async def _claim(
         self, items: list[tuple[Received, WebhookDeliveryRequested]]
-    ) -> tuple[list[Job], int]:
-        """In one transaction: what each command finds, and the leases of those it takes."""
+    ) -> tuple[list[Job], Outgoing]:
+        """In one transaction: what each command finds, and the leases of those it takes; the
+        jobs taken and the commands parked on the delay ladder."""
         ids = sorted({command.delivery_id for _, command in items})
         now = utcnow()
         jobs: list[Job] = []
-        parks: list[sql.OutboxRow] = []
+        parks: list[dict[str, Any]] = []
+        outgoing = Outgoing(self.relay)
         gone: list[uuid.UUID] = []
         taken: set[uuid.UUID] = set()
         async with self.db().acquire() as conn, conn.transaction():
@@ -612,10 +614,10 @@ class Deliverer:
                 wait = rung((due - now).total_seconds()) if due is not None else None
                 if wait is not None:  # not due yet (woke early on the ladder, or leased)
                     parks.append(
-                        sql.outbox_row(
+                        Outgoing.stage(
                             command,
+                            headers=_parent_headers(traceparent),
                             context=context,
-                            traceparent=traceparent,
                             routing_key=wait.name,
                             user_id=str(row["user_id"]) if row["user_id"] else None,
                         )
@@ -634,10 +636,10 @@ class Deliverer:
                     # retry would be left to the sweeper, and lose its manual mark).
                     self.metrics.deferred.inc()
                     parks.append(
-                        sql.outbox_row(
+                        Outgoing.stage(
                             command,
+                            headers=_parent_headers(traceparent),
                             context=context,
-                            traceparent=traceparent,
                             routing_key=DELAY_QUEUES[0].name,
                         )
                     )
@@ -655,10 +657,10 @@ class Deliverer:
                 await conn.execute(sql.LEASE, [j.delivery_id for j in jobs], LEASE_SECONDS)
             if gone:
                 await conn.execute(sql.FINISH, gone, "failed")
-            await sql.stage(conn, parks)
+            await outgoing.write(conn, parks)
         for _ in gone:
             self.metrics.finished.labels("failed").inc()
-        return jobs, len(parks)
+        return jobs, outgoing
 
     # -- leases and the sweeper ------------------------------------------------------------------
 
@@ -746,6 +748,12 @@ def _ids(job: Job, **more: Any) -> dict[str, Any]:
         "user_id": job.user_id,
         **more,
     }
+
+
+def _parent_headers(traceparent: str | None) -> dict[str, Any] | None:
+    """A command's outbox headers: the event's `traceparent`, which stays only when tracing is
+    off (a valid trace context replaces it: `Outgoing.stage`)."""
+    return {"traceparent": traceparent} if traceparent else None
 
 
 def _text(value: str | None) -> str | None:

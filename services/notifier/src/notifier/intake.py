@@ -25,7 +25,7 @@ from opentelemetry.context import Context
 from shared.logging import get_logger, log_context
 from shared.media import Storage
 from shared.messages import ConversationMessageCreated, LifecycleEvent
-from shared.outbox import OutboxRelay
+from shared.outbox import OutboxRelay, Outgoing
 from shared.settings import Settings
 from shared.telemetry import tracer
 from shared.topology import NOTIFIER_EVENTS
@@ -79,7 +79,7 @@ class _Applied:
     new: list[_Event]
     replies: dict[int, uuid.UUID]  # id(event) → the assistant message added for it
     created: list[tuple[_Event, Target, uuid.UUID]]
-    notices: int
+    notices: Outgoing  # the live notices written, for the relay once committed
 
 
 class Intake:
@@ -177,6 +177,7 @@ class Intake:
 
     async def _apply(self, events: list[_Event]) -> _Applied:
         pool = self.deliverer.db()
+        outgoing = Outgoing(self.relay)
         async with pool.acquire() as conn, conn.transaction():
             fresh = {
                 r[0]
@@ -189,12 +190,12 @@ class Intake:
                     new.append(e)
             replies, notices = await self._replies(conn, new)
             created = await self._deliveries(conn, new)
-            await sql.stage(conn, notices)
-        return _Applied(new, replies, created, len(notices))
+            await outgoing.write(conn, notices)
+        return _Applied(new, replies, created, outgoing)
 
     async def _replies(
         self, conn: Any, new: list[_Event]
-    ) -> tuple[dict[int, uuid.UUID], list[sql.OutboxRow]]:
+    ) -> tuple[dict[int, uuid.UUID], list[dict[str, Any]]]:
         """At most one assistant message per event, however often the event arrives."""
         wanted = sorted(
             ((e, uuid.uuid4()) for e in new if e.reply is not None), key=lambda p: str(p[0].key)
@@ -214,7 +215,7 @@ class Intake:
         )
         added = {r[0] for r in rows}
         replies: dict[int, uuid.UUID] = {}
-        notices: list[sql.OutboxRow] = []
+        notices: list[dict[str, Any]] = []
         for e, message_id in wanted:
             if message_id not in added:
                 continue
@@ -227,7 +228,7 @@ class Intake:
                 message_id=message_id,
                 user_id=e.event.user_id,
             )
-            notices.append(sql.outbox_row(notice, context=e.context))
+            notices.append(Outgoing.stage(notice, context=e.context))
         return replies, notices
 
     async def _deliveries(
@@ -298,8 +299,7 @@ class Intake:
         now = datetime.now(UTC)
         for e, target, delivery_id in applied.created:
             self.deliverer.offer(self._job(e, target, delivery_id, now))
-        if applied.notices:
-            self.relay.wake()
+        applied.notices.committed()
 
     def _reply_span(self, e: _Event, added: uuid.UUID | None) -> None:
         span = tracer().start_span(

@@ -99,6 +99,7 @@ def build(settings: Settings) -> NotifierService:
     )
     metrics = Metrics(runtime.registry)
     deliverer = Deliverer(settings, runtime.relay, sender, metrics, runtime.metrics)
+    runtime.relay.use_pool(deliverer.db)  # its statements on handed-over rows: on this pool too
     intake = Intake(settings, deliverer, runtime.relay, runtime.metrics)
     return NotifierService(
         runtime,

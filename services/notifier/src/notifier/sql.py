@@ -4,25 +4,16 @@ Through the ORM each of them cost several times the query (compilation — a mul
 insert is compiled afresh on every call —, identity map, instrumented objects, a greenlet per
 call). Here each is one prepared statement (asyncpg caches them per connection), and each takes
 whole batches through `unnest` arrays: one round trip for a batch of events or of attempts.
-SQLAlchemy's engine stays for what runs once (the media key at start) and for the outbox relay.
+Outbox rows are `shared.outbox.Outgoing`'s (written with `Outgoing.write`, handed to the relay
+after the commit). SQLAlchemy's engine stays for what runs once (the media key at start) and
+for the outbox relay's claims.
 """
 
 from __future__ import annotations
 
-import json
-import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
-
 import asyncpg
-from opentelemetry.context import Context
 from shared.db.raw import open_pool as open_raw_pool
-from shared.messages import Message
 from shared.settings import Settings
-from shared.topology import COMMANDS, EVENTS, LIVE
-
-from shared import telemetry
 
 POOL_SIZE = 8
 
@@ -157,79 +148,3 @@ DISABLE = (
     "UPDATE webhook_endpoints SET status = 'disabled', disabled_reason = $2 "
     "WHERE id = $1 AND status = 'active' RETURNING id"
 )
-
-# -- the outbox -------------------------------------------------------------------------------
-
-OUTBOX_INSERT = (
-    "INSERT INTO outbox "
-    "(message_id, exchange, routing_key, type, correlation_id, body, headers, created_at) "
-    "SELECT m, x, r, t, c, b, h::jsonb, now() FROM unnest($1::uuid[], $2::text[], $3::text[], "
-    "$4::text[], $5::text[], $6::text[], $7::text[]) AS u(m, x, r, t, c, b, h)"
-)
-
-_COMMAND_TYPES = {"render.requested", "webhook.delivery_requested"}
-_LIVE_TYPES = {"conversation.message_created"}
-# Kept with the row for the relay's publish span (never sent), as `shared.outbox.enqueue`
-# does for a message without a `user_id` of its own.
-_USER = "reelflow.user_id"
-
-
-@dataclass(frozen=True)
-class OutboxRow:
-    """One message staged for the relay, as `shared.outbox.enqueue` would stage it."""
-
-    message_id: uuid.UUID
-    exchange: str
-    routing_key: str
-    type: str
-    correlation_id: str
-    body: str
-    headers: dict[str, Any]
-
-
-def outbox_row(
-    message: Message,
-    *,
-    context: Context | None = None,
-    traceparent: str | None = None,
-    routing_key: str | None = None,
-    user_id: str | None = None,
-) -> OutboxRow:
-    """`message` written in the trace `context` (or, without a valid one, under `traceparent`)."""
-    exchange = (
-        COMMANDS
-        if message.TYPE in _COMMAND_TYPES
-        else LIVE
-        if message.TYPE in _LIVE_TYPES
-        else EVENTS
-    )
-    headers: dict[str, Any] = {"traceparent": traceparent} if traceparent else {}
-    telemetry.inject(headers, context)
-    if user_id and getattr(message, "user_id", None) is None:
-        headers[_USER] = user_id
-    return OutboxRow(
-        uuid.uuid4(),
-        exchange,
-        routing_key or message.routing_key,
-        message.TYPE,
-        message.correlation_id,
-        message.model_dump_json(),
-        headers,
-    )
-
-
-async def stage(conn: Any, rows: Iterable[OutboxRow]) -> int:
-    """Insert outbox rows in the caller's transaction; the number staged."""
-    rows = list(rows)
-    if rows:
-        await conn.execute(
-            OUTBOX_INSERT,
-            [r.message_id for r in rows],
-            [r.exchange for r in rows],
-            [r.routing_key for r in rows],
-            [r.type for r in rows],
-            [r.correlation_id for r in rows],
-            [r.body for r in rows],
-            [json.dumps(r.headers) for r in rows],  # (as text: see REPLIES_INSERT)
-        )
-    return len(rows)
