@@ -8,12 +8,16 @@ same `message_id`; consumers' inboxes make that harmless.
 The fast path: `enqueue` stages the row on the session; the session's commit writes it (one
 INSERT for all of a transaction's rows, just before the commit) and, once committed, hands it
 to the relay of the session's maker (`ServiceRuntime` puts it in the maker's `info`), which
-publishes it at once — no claim query between a commit and its messages going out — and marks
-it published after the confirm. Polling is only the safety net: every `idle_poll_seconds` (and
+publishes it at once — no polling between a commit and its messages going out — under the
+row's lock (`FOR UPDATE SKIP LOCKED`, still unpublished), and marks it published in that
+transaction after the confirm. Polling is only the safety net: every `idle_poll_seconds` (and
 on `wake()`) a relay claims unpublished rows with `FOR UPDATE SKIP LOCKED`, leaving a row that
 a running relay took over alone for `HANDOVER_GRACE_SECONDS` (its own relay is publishing it;
-after that its process is presumed dead, and any relay publishes it). Rows committed by a
-session without a relay (tests, tools) are claimed at the next poll, or at once on `wake()`.
+after that its process is presumed dead, and any relay publishes it). A busy process's relay
+can hold rows longer than that (under overload, handed-over rows wait seconds for their
+turn): the lock is what keeps such a row published once — whichever relay locks it first
+publishes and marks it, the other skips it or finds it marked. Rows committed by a session
+without a relay (tests, tools) are claimed at the next poll, or at once on `wake()`.
 
 Tracing: a row keeps the W3C context it was written in (`traceparent`, `tracestate` in its
 headers); the relay publishes it inside a PRODUCER span that is that context's child, and the
@@ -131,11 +135,15 @@ _CLAIM = text(
     "ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED"
 )
 _MARK = text("UPDATE outbox SET published_at = now() WHERE id = ANY(:ids)")
-_MARK_HANDED = text(
-    "UPDATE outbox SET published_at = now() WHERE id = ANY(:ids) AND published_at IS NULL"
+_MARK_PLAIN = "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
+# A batch of handed-over rows, locked before they are published: those no other relay has
+# claimed (locked, or published and marked) meanwhile.
+_LOCK_HANDED = text(
+    "SELECT id FROM outbox WHERE id = ANY(:ids) AND published_at IS NULL FOR UPDATE SKIP LOCKED"
 )
-_MARK_HANDED_PLAIN = (
-    "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[]) AND published_at IS NULL"
+_LOCK_HANDED_PLAIN = (
+    "SELECT id FROM outbox WHERE id = ANY($1::bigint[]) AND published_at IS NULL "
+    "FOR UPDATE SKIP LOCKED"
 )
 _INSERTS: dict[int, Any] = {}
 
@@ -320,11 +328,8 @@ class OutboxRelay:
         self._pending: list[dict[str, Any]] = []  # committed rows handed over, not yet sent
         self._handed = False  # rows were handed over since the last `wake()`
         self._claim = True  # claim waiting rows at the next round (poll, or `wake()`)
-        self._unmarked: list[int] = []  # published (confirmed) handed-over rows to mark
-        self._marker: asyncio.Task[None] | None = None
-        # A plain asyncpg pool (a callable returning it) to mark published rows with, when the
-        # process has one (`use_pool`): one autocommitted statement instead of a session's
-        # BEGIN, UPDATE, COMMIT.
+        # A plain asyncpg pool (a callable returning it) to lock and mark handed-over rows
+        # with, when the process has one (`use_pool`), instead of a session.
         self._pool: Callable[[], Any] | None = None
         self.published = 0
 
@@ -340,7 +345,7 @@ class OutboxRelay:
         self._wake.set()
 
     def use_pool(self, pool: Callable[[], Any]) -> None:
-        """Mark published rows through this asyncpg pool (`pool()` returns it) from now on."""
+        """Lock and mark handed-over rows through this asyncpg pool (`pool()` returns it)."""
         self._pool = pool
 
     def hand_over(self, rows: list[dict[str, Any]]) -> None:
@@ -369,8 +374,6 @@ class OutboxRelay:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._marker is not None:  # confirmed rows: marking them spares a republish
-            await asyncio.wait([self._marker], timeout=2.0)
         if self._connection:
             await self._connection.close()
 
@@ -409,28 +412,29 @@ class OutboxRelay:
             self._wake.clear()
 
     async def _publish_handed(self) -> None:
-        """Publish handed-over rows (a batch), then mark them in the background. Rows whose
-        publishing failed stay unmarked: a relay claims them after the grace period."""
-        rows, self._pending = self._pending[: self._batch], self._pending[self._batch :]
-        await asyncio.gather(*(self._publish(row) for row in rows))
+        """Publish handed-over rows (a batch) under their locks, those still unpublished, and
+        mark them in the same transaction. Without the lock, a row this relay held past the
+        grace (a busy process) went out twice: the safety net of another relay (or this one)
+        claimed and published it, then this relay published it again. Rows whose publishing
+        failed stay unmarked (rolled back): a relay claims them after the grace period."""
+        batch, self._pending = self._pending[: self._batch], self._pending[self._batch :]
+        ids = [row["id"] for row in batch]
+        if self._pool is not None:
+            async with self._pool().acquire() as conn, conn.transaction():
+                mine = {r["id"] for r in await conn.fetch(_LOCK_HANDED_PLAIN, ids)}
+                rows = [row for row in batch if row["id"] in mine]
+                await asyncio.gather(*(self._publish(row) for row in rows))
+                if rows:
+                    await conn.execute(_MARK_PLAIN, [row["id"] for row in rows])
+        else:
+            async with self._sessions() as session, session.begin():
+                locked = await session.execute(_LOCK_HANDED, {"ids": ids})
+                mine = set(locked.scalars().all())
+                rows = [row for row in batch if row["id"] in mine]
+                await asyncio.gather(*(self._publish(row) for row in rows))
+                if rows:
+                    await session.execute(_MARK, {"ids": [row["id"] for row in rows]})
         self._count(rows)
-        self._unmarked.extend(row["id"] for row in rows)
-        if self._marker is None or self._marker.done():
-            self._marker = asyncio.create_task(self._mark(), name="outbox-marks")
-
-    async def _mark(self) -> None:
-        """Mark published rows, all that were confirmed meanwhile in one statement: at most
-        one marking transaction at a time, however many batches go out."""
-        while self._unmarked:
-            ids, self._unmarked = self._unmarked, []
-            try:
-                if self._pool is not None:
-                    await self._pool().execute(_MARK_HANDED_PLAIN, ids)
-                else:
-                    async with self._sessions() as session, session.begin():
-                        await session.execute(_MARK_HANDED, {"ids": ids})
-            except Exception as exc:  # they are published again after the grace: harmless
-                log.warning("Marking published rows failed", error=str(exc)[:300])
 
     async def drain_once(self) -> int:
         """Publish one batch of claimed rows; the number published (0 when none is waiting)."""
