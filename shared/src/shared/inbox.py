@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import text
@@ -39,3 +40,18 @@ async def claim_plain(conn: Any, consumer: str, message_id: str) -> bool:
     """`claim` on an asyncpg connection, in its transaction."""
     status: str = await conn.execute(CLAIM_PLAIN, consumer, message_id)
     return status.endswith(" 1")
+
+
+# A batch's claim in one statement (the notifier's batched event intake): each id listed is
+# recorded once, and those recorded now come back.
+CLAIM_MANY_PLAIN = (
+    "INSERT INTO inbox (consumer, message_id, handled_at) "
+    "SELECT $1, m, now() FROM unnest($2::text[]) AS m "
+    "ON CONFLICT DO NOTHING RETURNING message_id"
+)
+
+
+async def claim_many_plain(conn: Any, consumer: str, message_ids: Sequence[str]) -> set[str]:
+    """`claim_plain` for a batch: the ids claimed now (not applied before by this consumer).
+    An id listed twice is claimed once; telling its copies apart is the caller's."""
+    return {r[0] for r in await conn.fetch(CLAIM_MANY_PLAIN, consumer, list(message_ids))}

@@ -22,6 +22,7 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
+from shared.inbox import claim_many_plain
 from shared.logging import get_logger, log_context
 from shared.media import Storage
 from shared.messages import ConversationMessageCreated, LifecycleEvent
@@ -179,10 +180,7 @@ class Intake:
         pool = self.deliverer.db()
         outgoing = Outgoing(self.relay)
         async with pool.acquire() as conn, conn.transaction():
-            fresh = {
-                r[0]
-                for r in await conn.fetch(sql.INBOX_CLAIM, CONSUMER, [e.message_id for e in events])
-            }
+            fresh = await claim_many_plain(conn, CONSUMER, [e.message_id for e in events])
             new: list[_Event] = []
             for e in events:
                 if e.message_id in fresh:

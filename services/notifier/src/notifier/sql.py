@@ -35,13 +35,7 @@ async def open_pool(settings: Settings, *, size: int = POOL_SIZE) -> asyncpg.Poo
     return await open_raw_pool(settings, size=size, min_size=1)
 
 
-# -- events: inbox, assistant messages, targets, deliveries -------------------------------------
-
-INBOX_CLAIM = (
-    "INSERT INTO inbox (consumer, message_id, handled_at) "
-    "SELECT $1, m, now() FROM unnest($2::text[]) AS m "
-    "ON CONFLICT DO NOTHING RETURNING message_id"
-)
+# -- events: assistant messages, targets, deliveries (their inbox claim: shared.inbox) ------------
 
 # JSON goes in as text and is cast: asyncpg does not quote the elements of a `jsonb[]`.
 REPLIES_INSERT = (
