@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
 
 from shared.logging import get_logger
 from shared.settings import Settings
+from shared.waiting import wait_set
 
 log = get_logger("SUPERVISOR")
 
@@ -50,8 +50,7 @@ async def _child(name: str, stopping: asyncio.Event) -> None:
         log.error(
             "Service exited, restarting", service=name, code=proc.returncode, restart_in_s=delay
         )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), delay)
+        await wait_set(stopping, delay)
 
 
 async def supervise(settings: Settings, services: tuple[str, ...]) -> int:

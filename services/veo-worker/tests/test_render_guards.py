@@ -205,3 +205,18 @@ async def test_a_worker_killed_mid_render_is_replaced_once_its_lease_expires(
     job = await rows.job(command.generation_id)
     assert job is not None and (job.status, job.attempts) == ("succeeded", 2)
     assert reports.kinds(command.generation_id).count("started") == 1
+
+
+async def test_a_worker_woken_in_the_turn_it_stops_still_stops(worker: Running) -> None:
+    """A job's end wakes the claim loop. A stop in that same turn once left the loop running
+    (Python 3.11's `wait_for` swallowed the cancellation) and the worker's stop waiting on it
+    for ever: CI's hung test."""
+    await asyncio.sleep(0.3)  # the claim loop parked between ticks
+    worker.scheduler.wake()
+    await asyncio.sleep(0)  # the wake lands in this turn
+    stopping = asyncio.ensure_future(worker.scheduler.stop())
+    done, _ = await asyncio.wait([stopping], timeout=15)  # a stop takes milliseconds
+    if not done:  # hung: a second cancel ends the loop, so the fixture can stop the worker
+        stopping.cancel()
+    assert done, "the scheduler's stop hung: its claim loop ran on after being cancelled"
+    assert not worker.scheduler.healthy  # its loops ended

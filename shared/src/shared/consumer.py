@@ -40,6 +40,7 @@ from shared.logging import get_logger, log_context
 from shared.messages import Message, UnknownMessage, parse_message
 from shared.metrics import ServiceMetrics
 from shared.outbox import RELAY_KEY, OutboxRelay, Outgoing
+from shared.waiting import wait_set
 
 log = get_logger("CONSUMER")
 
@@ -426,8 +427,7 @@ class QueueConsumer(QueueSubscription):
     async def drain(self, within: float) -> None:
         """Wait until the messages received so far are settled (or `within` seconds passed:
         what is still unacked then goes back to the queue when the channel closes)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), within)
+        await wait_set(self._idle, within)
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         self._in_flight += 1

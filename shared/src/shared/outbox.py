@@ -48,6 +48,7 @@ from shared.logging import current_context, get_logger
 from shared.messages import Message
 from shared.metrics import ServiceMetrics
 from shared.topology import COMMANDS, EVENTS, LIVE, declare
+from shared.waiting import wait_set
 
 log = get_logger("OUTBOX")
 
@@ -405,9 +406,7 @@ class OutboxRelay:
                 await asyncio.sleep(1.0)
             if self._pending:
                 continue
-            try:
-                await asyncio.wait_for(self._wake.wait(), self._idle)
-            except TimeoutError:
+            if not await wait_set(self._wake, self._idle):
                 self._claim = True  # the safety net: rows no running relay has in hand
             self._wake.clear()
 

@@ -33,6 +33,7 @@ from shared.logging import get_logger
 from shared.messages import Message
 from shared.metrics import ServiceMetrics
 from shared.topology import WorkQueue
+from shared.waiting import wait_set
 
 from shared import telemetry
 
@@ -87,8 +88,7 @@ class Batcher(Generic[T]):
 
     async def drain(self, within: float) -> None:
         """Wait until everything added so far was handled (or `within` seconds passed)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), within)
+        await wait_set(self._idle, within)
 
     async def _work(self) -> None:
         while True:

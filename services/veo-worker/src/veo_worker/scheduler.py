@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter as PromCounter
 from shared.logging import get_logger, log_context
+from shared.waiting import wait_set
 
 from veo_worker.flows import Flow
 from veo_worker.jobs import Job, JobStore, LeaseLost
@@ -133,8 +134,7 @@ class Scheduler:
                 await asyncio.sleep(1.0)
             if claimed and len(self.held) < self.capacity:
                 continue  # more may be waiting
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), TICK)
+            await wait_set(self._wake, TICK)
             self._wake.clear()
 
     async def claim_once(self) -> int:

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from shared.logging import get_logger
 from shared.media import Storage, thumbnail_key, video_key
 from shared.schemas import Progress, RenderResult
+from shared.waiting import wait_set
 
 from veo_worker.jobs import Job, JobStore, LeaseLost
 from veo_worker.observe import storage_span
@@ -61,8 +62,7 @@ class JobContext:
         """Wait, but wake at once for a cancellation, a lost lease or a stop."""
         self.check()
         if seconds > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), seconds)
+            await wait_set(self._wakeup, seconds)
         self.check()
 
 
