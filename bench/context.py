@@ -44,6 +44,18 @@ class Run:
         return 12.0 if self.args.quick else 30.0
 
     @property
+    def sweep_turnover_limit(self) -> float:
+        """The same for the end-to-end sweep, whose last point (1,000 in flight) is the curve's
+        far end: measured when the system turns it over within this (~60 s at 17/s; then as
+        long again to drain it, which the run waits for), else predicted by Little's law."""
+        return 12.0 if self.args.quick else 90.0
+
+    @property
+    def database(self) -> str:
+        """The stack's database, for `settle` to see the work no queue shows."""
+        return self.stack.env["DATABASE_URL"]
+
+    @property
     def window(self) -> float:
         return 5.0 if self.args.quick else 8.0
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import aio_pika
 import aiohttp
+import asyncpg
 
 from bench.common import CpuMeter
 from bench.load import LoadResult, closed_loop, open_loop
@@ -38,7 +39,9 @@ WORK_QUEUES = (
     "notifier.events",
     "notifier.deliveries",
 )
-TIMEOUT = 120.0  # a generation that takes longer counts as failed
+# A generation that takes longer counts as failed. At 1,000 in flight a generation waits about
+# in-flight ÷ rate (~60-100 s on two cores) by Little's law: the limit is well above that.
+TIMEOUT = 300.0
 
 
 class GenerationFailed(Exception):
@@ -194,20 +197,33 @@ class Point:
     cpu_s: dict[str, float]
     cores: dict[str, float]  # per process, and "other processes" (the machine's other tenants)
     queues: dict[str, dict[str, float]]
+    # Waiting for the system to finish what was in flight when the driver stopped counting.
+    drained: Settled | None = None
 
     def as_dict(self) -> dict[str, Any]:
         per_gen = {
             name: round(1000 * spent / self.load.completed, 2) if self.load.completed else None
             for name, spent in self.cpu_s.items()
         }
+        load = self.load
         return {
-            **self.load.as_dict(),
+            **load.as_dict(),
+            # What the p50 must tend to in a steady closed loop (in flight ÷ rate). After one
+            # turnover at 1,000 in flight the window's generations were posted while the
+            # first burst (turned over at about half the steady rate) was still ahead of
+            # them, so the measured p50 sits above this there.
+            "littles_law_p50_ms": (
+                round(1000 * load.concurrency / load.rate, 1)
+                if load.concurrency and load.rate
+                else None
+            ),
             "cpu_cores": self.cores,
             "core_ms_per_generation": per_gen,
             "core_ms_per_generation_total": round(
                 sum(v for k, v in per_gen.items() if v is not None and k != "driver"), 2
             ),
             "queue_depth": self.queues,
+            "drained": self.drained.as_dict() if self.drained else None,
         }
 
 
@@ -218,7 +234,10 @@ async def measure_point(
     concurrency: int,
     window: float,
     max_warmup: float = 45.0,
+    database: str | None = None,
 ) -> Point:
+    """One closed-loop point; then, with `database`, wait (up to two warm-ups) until the
+    system has finished everything the load left in it, so the next point starts idle."""
     meter = CpuMeter(pids())
 
     spent: dict[str, float] = {}
@@ -239,30 +258,74 @@ async def measure_point(
             drain=max_warmup,
             on_window=on_window,
         )
-    return Point(load, spent, meter.cores(spent), watch.summary())
+    point = Point(load, spent, meter.cores(spent), watch.summary())
+    if database is not None:
+        point.drained = await settle(amqp_url, within=2 * max_warmup + 30, database=database)
+    return point
 
 
 async def half_rate(pipeline: Pipeline, rate: float, duration: float) -> LoadResult:
     return await open_loop(pipeline.one, rate, duration=duration, drain=TIMEOUT)
 
 
-async def settle(amqp_url: str, within: float = 30.0) -> bool:
-    """Wait until every work and delay queue is empty twice in a row (the pipeline is idle)."""
+# Work the system still holds that RabbitMQ's queues do not show: generations on their way
+# (auto-confirmed ones pass `pending_clarification`; the streams phase's generation waits in
+# `pending_confirmation` on purpose and is not counted), jobs the worker has claimed or will
+# claim (its queue is the `render_jobs` table), and outbox rows not yet published.
+IN_FLIGHT_SQL = """
+SELECT (SELECT count(*) FROM generations
+        WHERE status IN ('pending_clarification', 'confirmed', 'processing')) AS generations,
+       (SELECT count(*) FROM render_jobs
+        WHERE status IN ('queued', 'submitting', 'running')) AS render_jobs,
+       (SELECT count(*) FROM outbox WHERE published_at IS NULL) AS outbox
+"""
+
+
+@dataclass
+class Settled:
+    """What `settle` waited for: the backlog when it was called, and how long it took."""
+
+    idle: bool
+    waited_s: float
+    at_start: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"idle": self.idle, "waited_s": round(self.waited_s, 1), "at_start": self.at_start}
+
+
+async def settle(amqp_url: str, within: float = 30.0, database: str | None = None) -> Settled:
+    """Wait until every work and delay queue is empty twice in a row (the pipeline is idle);
+    with `database`, until no generation is on its way, no render job is held or queued and
+    no outbox row is unpublished as well: after a load of hundreds in flight, the worker's
+    backlog is in `render_jobs`, not in a queue, and a phase started meanwhile would share the
+    CPU with it."""
     from shared.topology import DELAY_QUEUES
 
     names = [*WORK_QUEUES, *(d.name for d in DELAY_QUEUES)]
-    deadline = time.monotonic() + within
+    started = time.monotonic()
+    deadline = started + within
     connection = await aio_pika.connect(amqp_url)
+    db = await asyncpg.connect(database) if database else None
     quiet = 0
-    async with connection:
-        channel = await connection.channel()
-        while time.monotonic() < deadline:
-            depth = 0
-            for name in names:
-                queue = await channel.declare_queue(name, passive=True)
-                depth += int(queue.declaration_result.message_count or 0)
-            quiet = quiet + 1 if depth == 0 else 0
-            if quiet >= 2:
-                return True
-            await asyncio.sleep(0.3)
-    return False
+    at_start: dict[str, int] | None = None
+    try:
+        async with connection:
+            channel = await connection.channel()
+            while time.monotonic() < deadline:
+                backlog: dict[str, int] = {}
+                for name in names:
+                    queue = await channel.declare_queue(name, passive=True)
+                    backlog[name] = int(queue.declaration_result.message_count or 0)
+                if db is not None:
+                    row = await db.fetchrow(IN_FLIGHT_SQL)
+                    backlog.update({k: int(v) for k, v in dict(row).items()})
+                if at_start is None:
+                    at_start = {k: v for k, v in backlog.items() if v}
+                quiet = quiet + 1 if not any(backlog.values()) else 0
+                if quiet >= 2:
+                    return Settled(True, time.monotonic() - started, at_start)
+                await asyncio.sleep(0.3)
+    finally:
+        if db is not None:
+            await db.close()
+    return Settled(False, time.monotonic() - started, at_start or {})

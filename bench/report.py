@@ -133,6 +133,15 @@ def curve(
         lat.plot(xs, [p["latency"]["p50_ms"] for p in measured], "o-", label=f"{label} p50")
         lat.plot(xs, [p["latency"]["p99_ms"] for p in measured], "s--", label=f"{label} p99")
         thr.plot(xs, [p["rate_per_s"] for p in measured], "o-", label=label)
+        littles = [p for p in measured if p.get("littles_law_p50_ms")]
+        if littles and label == next(iter(points)):
+            lat.plot(
+                [p["concurrency"] for p in littles],
+                [p["littles_law_p50_ms"] for p in littles],
+                ":",
+                color="grey",
+                label=f"{label}: in flight ÷ rate (Little's law)",
+            )
     if predicted:
         lat.plot(
             [p["concurrency"] for p in predicted],

@@ -99,7 +99,7 @@ async def main(args: argparse.Namespace) -> int:
                         f"{name}: failed this run ({type(exc).__name__}: {str(exc)[:200]})"
                     )
                     traceback.print_exc()
-                    await settle(rabbit.url, within=20)
+                    await settle(rabbit.url, within=20, database=stack.env["DATABASE_URL"])
                 say(f"{name} took {time.monotonic() - t0:.0f} s (total {run.elapsed():.0f} s)")
         finally:
             await pipeline.close()
@@ -207,6 +207,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "streams, scaling, veo_wait",
     )
     parser.add_argument("--fsync", choices=("on", "off"), default="on")
+    parser.add_argument(
+        "--sweep",
+        type=int,
+        action="append",
+        default=[],
+        help="generations in flight of one end-to-end point (repeatable; default: 10, 30, 100, "
+        "300, 1000)",
+    )
     return parser.parse_args(argv)
 
 

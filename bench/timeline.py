@@ -88,3 +88,23 @@ def breakdown(
         if len(values) >= enough
     ]
     return sorted(rows, key=lambda r: r["median_offset_ms"])
+
+
+def duplicates(logs: Path) -> dict[str, int]:
+    """Deliveries a consumer's inbox turned away as already handled (`Duplicate ignored`), per
+    consumer, over the services' logs so far: each is a message that went out twice. A few
+    come from a relay's safety net after a crash; thousands mean work done twice (as when a
+    busy relay's rows were taken over and then published by it as well)."""
+    counts: Counter[str] = Counter()
+    for path in sorted(logs.glob("*.log")):
+        with path.open(errors="replace") as lines:
+            for line in lines:
+                if "Duplicate ignored" not in line:
+                    continue
+                match = _LINE.match(line)
+                try:
+                    context = json.loads(match.group("context")) if match else {}
+                except ValueError:
+                    context = {}
+                counts[str(context.get("consumer", "?"))] += 1
+    return dict(counts.most_common())

@@ -36,7 +36,11 @@ async def reads(run: Run) -> None:
             reads_.append((path, auth))
             if etag:
                 revalidations.append((path, {**auth, "If-None-Match": etag}))
-    pids = {"server": run.stack.pids()["api"], "postgres": run.stack.postgres.pid}
+    # The rest of the stack metered too: were it still busy after the end-to-end load (as
+    # once suspected at 1,000 in flight), it would show here and not as "other processes".
+    stack = run.stack.pids()
+    rest = {k: v for k, v in stack.items() if k not in ("api", "postgres")}
+    pids = {"server": stack["api"], "postgres": run.stack.postgres.pid, **rest}
     async with run.profiled("api during status reads", pids["server"], seconds - 1) as prof:
         full = await wrk_metered(pids, api, reads_, seconds)
     run.results["phase_profiles"]["api during status reads"].update(prof)
@@ -50,7 +54,7 @@ async def reads(run: Run) -> None:
         async with serving("bench.baseline_api", *args) as server:
             base = f"http://127.0.0.1:{port}"
             await wait_http(f"{base}/healthz")
-            pids = {"server": server.pid, "postgres": run.stack.postgres.pid}
+            pids = {"server": server.pid, "postgres": run.stack.postgres.pid, **rest}
             bare: list[tuple[str, dict[str, str]]] = [(path, {}) for path, _ in reads_]
             baselines[loop] = await wrk_metered(pids, base, bare, seconds)
     run.results["reads"] = {
