@@ -9,6 +9,7 @@ from sqlalchemy import text
 
 from tests.e2e.conftest import Pipeline
 from tests.e2e.harness import eventually
+from tests.faults.chaos import CHAT_EVENTS
 from tests.support import free_port
 
 DETAILED = "A lighthouse on a cliff in a storm, waves crashing, dramatic light"
@@ -97,11 +98,17 @@ async def test_every_message_delivered_twice_changes_nothing(pipeline: Pipeline)
     await p.api.wait_status(gen_id, "completed", within=90)
 
     async def settled() -> dict[str, int] | None:
+        # Webhooks delivered and the chat's messages written: the notifier writes them apart,
+        # so no pending delivery alone does not mean the last assistant message is in.
         first = await _state(p)
         pending = await _count(
             p, "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'"
         )
-        return first if pending == 0 else None
+        expected = await _count(
+            p, "SELECT count(*) FROM outbox WHERE routing_key = ANY(:k)", k=list(CHAT_EVENTS)
+        )
+        written = await _count(p, "SELECT count(*) FROM messages WHERE role = 'assistant'")
+        return first if pending == 0 and written == expected else None
 
     before = await eventually(settled, within=30)
     received_before = len(p.receiver.received)
