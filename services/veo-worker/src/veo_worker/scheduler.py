@@ -91,9 +91,11 @@ class Scheduler:
         self._stopping.set()
         for loop in self._loops:
             loop.cancel()
-        for loop in self._loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop
+        if self._loops:
+            # Bounded like the jobs below (and a cancel of `stop` itself is not swallowed).
+            _, running = await asyncio.wait(self._loops, timeout=STOP_GRACE)
+            if running:
+                log.error("Scheduler loops did not stop when cancelled", loops=len(running))
         held = list(self.held.values())
         for entry in held:
             entry.ctx.interrupt()
