@@ -41,13 +41,17 @@ async def _depth(amqp_url: str, queue: str) -> int:
         return int(declared.declaration_result.message_count or 0)
 
 
+# The owner locks and marks its handed-over rows on a plain asyncpg pool (`use_pool`, as the
+# orchestrator's and the notifier's relays do) or in a session (every other service's).
+@pytest.mark.parametrize("through_pool", [True, False], ids=["pool", "session"])
 @pytest.mark.usefixtures("clean_db")
 async def test_rows_a_busy_relay_held_past_the_grace_are_published_once(
-    prepared: Settings, sessions: async_sessionmaker[AsyncSession]
+    prepared: Settings, sessions: async_sessionmaker[AsyncSession], through_pool: bool
 ) -> None:
     pool = await open_pool(prepared, size=2)
     owner = OutboxRelay(sessions, prepared.amqp_url)  # the committing process's relay
-    owner.use_pool(lambda: pool)
+    if through_pool:
+        owner.use_pool(lambda: pool)
     other = OutboxRelay(sessions, prepared.amqp_url)  # another process's: the safety net
     await owner.start()
     try:

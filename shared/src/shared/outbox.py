@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aio_pika
@@ -420,32 +420,45 @@ class OutboxRelay:
         ids = [row["id"] for row in batch]
         if self._pool is not None:
             async with self._pool().acquire() as conn, conn.transaction():
-                mine = {r["id"] for r in await conn.fetch(_LOCK_HANDED_PLAIN, ids)}
-                rows = [row for row in batch if row["id"] in mine]
-                await asyncio.gather(*(self._publish(row) for row in rows))
-                if rows:
-                    await conn.execute(_MARK_PLAIN, [row["id"] for row in rows])
+                rows = await self._publish_locked(
+                    conn.fetch(_LOCK_HANDED_PLAIN, ids),
+                    lambda marked: conn.execute(_MARK_PLAIN, marked),
+                    batch,
+                )
         else:
             async with self._sessions() as session, session.begin():
-                locked = await session.execute(_LOCK_HANDED, {"ids": ids})
-                mine = set(locked.scalars().all())
-                rows = [row for row in batch if row["id"] in mine]
-                await asyncio.gather(*(self._publish(row) for row in rows))
-                if rows:
-                    await session.execute(_MARK, {"ids": [row["id"] for row in rows]})
+                rows = await self._publish_locked(
+                    _fetch(session, _LOCK_HANDED, {"ids": ids}), _marker(session), batch
+                )
         self._count(rows)
 
     async def drain_once(self) -> int:
         """Publish one batch of claimed rows; the number published (0 when none is waiting)."""
         async with self._sessions() as session, session.begin():
             args = {"n": self._batch, "grace": HANDOVER_GRACE_SECONDS}
-            rows = (await session.execute(_CLAIM, args)).mappings().all()
-            if not rows:
-                return 0
-            await asyncio.gather(*(self._publish(row) for row in rows))
-            await session.execute(_MARK, {"ids": [r["id"] for r in rows]})
+            rows = await self._publish_locked(_fetch(session, _CLAIM, args), _marker(session))
         self._count(rows)
         return len(rows)
+
+    async def _publish_locked(
+        self,
+        locking: Awaitable[Sequence[Any]],
+        mark: Callable[[list[int]], Awaitable[Any]],
+        handed: list[dict[str, Any]] | None = None,
+    ) -> Sequence[Any]:
+        """Publish the rows `locking` locks in the caller's transaction, in its order, then mark
+        them published through `mark` in that transaction (no statement when none was locked).
+        With `handed` (handed-over rows, `locking` the lock of their ids), those of them it
+        locked go out instead, in `handed`'s order. The rows published, for the caller to count
+        once its transaction committed."""
+        rows = await locking
+        if handed is not None:
+            mine = {row["id"] for row in rows}
+            rows = [row for row in handed if row["id"] in mine]
+        await asyncio.gather(*(self._publish(row) for row in rows))
+        if rows:
+            await mark([row["id"] for row in rows])
+        return rows
 
     def _count(self, rows: Any) -> None:
         self.published += len(rows)
@@ -486,6 +499,16 @@ class OutboxRelay:
             await self._exchanges[row["exchange"]].publish(
                 message, routing_key=row["routing_key"], mandatory=row["exchange"] != LIVE
             )
+
+
+async def _fetch(session: AsyncSession, statement: Any, params: dict[str, Any]) -> Sequence[Any]:
+    """`statement`'s rows in `session`'s transaction (by column name: `row["id"]`)."""
+    return (await session.execute(statement, params)).mappings().all()
+
+
+def _marker(session: AsyncSession) -> Callable[[list[int]], Awaitable[Any]]:
+    """Marks rows (by id) published in `session`'s transaction."""
+    return lambda ids: session.execute(_MARK, {"ids": ids})
 
 
 def _label(span: trace.Span, row: Any, user_id: str | None) -> None:
