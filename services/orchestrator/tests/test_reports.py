@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from orchestrator.handlers import Handlers
+from orchestrator.reports import is_newer
 from orchestrator.sql import open_pool
 from shared.consumer import Transaction
 from shared.db.models import Generation
@@ -152,6 +153,62 @@ async def test_reordered_reports_still_end_completed(
     await bus.publish(succeeded(gen))
     await eventually(lambda: consumer.handled == 4)
     assert (await rows.get(gen.id)).status == "completed"
+
+
+def queued(gen_id: uuid.UUID, place: int | None, kind: str = "progress") -> RenderReported:
+    return RenderReported(
+        generation_id=gen_id, kind=kind, progress=Progress(stage="queued", queue_position=place)
+    )
+
+
+@pytest.mark.parametrize(
+    ("current", "reported", "newer"),
+    [
+        (
+            Progress(stage="queued", queue_position=3),
+            Progress(stage="queued", queue_position=2),
+            True,
+        ),
+        (
+            Progress(stage="queued", queue_position=2),
+            Progress(stage="queued", queue_position=3),
+            False,
+        ),
+        (
+            Progress(stage="queued", queue_position=2),
+            Progress(stage="queued", queue_position=2),
+            False,
+        ),
+        (Progress(stage="queued"), Progress(stage="queued", queue_position=40), True),
+        (Progress(stage="queued", queue_position=40), Progress(stage="queued"), False),
+        (Progress(stage="queued", queue_position=1), Progress(stage="submitted"), True),
+        (Progress(stage="submitted"), Progress(stage="queued", queue_position=1), False),
+        (Progress(stage="generating", percent=40), Progress(stage="generating", percent=30), False),
+    ],
+)
+def test_progress_moves_forward_through_stages_percent_and_queue_places(
+    current: Progress, reported: Progress, newer: bool
+) -> None:
+    assert is_newer(current.model_dump(mode="json"), reported) is newer
+
+
+async def test_a_queued_generation_shows_its_place_moving_up_and_never_back(
+    orchestrator: Running, bus: Bus, rows: Rows, eventually: Eventually
+) -> None:
+    events = await bus.lifecycle()
+    gen = await rows.confirmed()
+    consumer = orchestrator.consumer("orchestrator.reports")
+    await bus.publish(queued(gen.id, 3, kind="started"))
+    await eventually(lambda: consumer.handled == 1)
+    await bus.publish(queued(gen.id, 2))
+    await eventually(lambda: consumer.handled == 2)
+    await bus.publish(queued(gen.id, 3))  # a late, older report
+    await eventually(lambda: consumer.handled == 3)
+    row = await rows.get(gen.id)
+    assert row.progress is not None and row.progress["queue_position"] == 2
+    assert row.version == 3  # processing, then one move up
+    await eventually(lambda: len(events.of(gen.id)) == 2)
+    assert events.routing_keys(gen.id) == ["generation.processing", "generation.progress"]
 
 
 async def test_a_burst_of_reports_in_any_order_is_applied_consistently(

@@ -6,12 +6,13 @@ each is applied against the row as it is now:
 - a report for a generation still `confirmed` first moves it to `processing` (its `started`
   report may simply not have been applied yet);
 - a report that cannot be genuine (see `check_plausible`) is dead-lettered;
-- progress only moves forward (stage order, then percent): an older report arriving late is
-  ignored rather than shown as progress going backwards.
+- progress only moves forward (stage order, then percent, then the place in the queue): an
+  older report arriving late is ignored rather than shown as progress going backwards.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from shared.consumer import PermanentError, Transaction
@@ -29,8 +30,11 @@ log = get_logger("ORCHESTRATOR")
 STAGE_ORDER = {"queued": 0, "submitted": 1, "generating": 2, "downloading": 3, "uploading": 4}
 
 
-def _rank(progress: Progress) -> tuple[int, float]:
-    return STAGE_ORDER[progress.stage], progress.percent or 0.0
+def _rank(progress: Progress) -> tuple[int, float, float]:
+    """Stage, then percent, then a place nearer the front of the queue (an unknown place is
+    the back of it)."""
+    place = progress.queue_position
+    return STAGE_ORDER[progress.stage], progress.percent or 0.0, -(place or math.inf)
 
 
 def is_newer(current: dict[str, Any] | None, reported: Progress) -> bool:

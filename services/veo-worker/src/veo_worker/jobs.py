@@ -167,24 +167,52 @@ _LOOK = text(
 _NEW_WINDOW = text("INSERT INTO submit_windows (name) VALUES (:n) ON CONFLICT DO NOTHING")
 
 # A render command's job, once: `cancelled` if its generation ended, `failed` if refused, else
-# `queued`; with the queued jobs ahead of it (the statement's snapshot: without itself).
+# `queued`, with its place in the queue (the queued jobs ahead of it in the statement's
+# snapshot, plus one), reported with it and kept as the place last reported.
 _RECORD = text(
-    """
-    WITH g AS (SELECT status FROM generations WHERE id = :id)
+    f"""
+    WITH g AS (
+        SELECT status = ANY(:ended) AS ended,
+            CASE WHEN status = ANY(:ended) THEN 'cancelled'
+                 WHEN CAST(:error AS jsonb) IS NOT NULL THEN 'failed' ELSE 'queued' END AS job
+        FROM generations WHERE id = :id)
     INSERT INTO render_jobs (generation_id, user_id, provider, status, spec, error,
-        attempts, poll_count, transient_errors, trace_context, created_at, updated_at)
-    SELECT :id, :user, :provider,
-        CASE WHEN g.status = ANY(:ended) THEN 'cancelled'
-             WHEN CAST(:error AS jsonb) IS NOT NULL THEN 'failed' ELSE 'queued' END,
-        CAST(:spec AS jsonb),
-        CASE WHEN g.status = ANY(:ended) THEN NULL ELSE CAST(:error AS jsonb) END,
-        0, 0, 0, CAST(:trace AS jsonb), now(), now()
+        attempts, poll_count, transient_errors, trace_context, queue_position,
+        created_at, updated_at)
+    SELECT :id, :user, :provider, g.job, CAST(:spec AS jsonb),
+        CASE WHEN g.ended THEN NULL ELSE CAST(:error AS jsonb) END,
+        0, 0, 0, CAST(:trace AS jsonb),
+        CASE WHEN g.job = 'queued' THEN 1 + (SELECT count(*) FROM render_jobs
+            WHERE provider = CAST(:provider AS varchar) AND status = 'queued' AND {_free()})
+        END,
+        now(), now()
     FROM g
     ON CONFLICT (generation_id) DO NOTHING
-    RETURNING status, (SELECT count(*) FROM render_jobs
-                       WHERE provider = :provider AND status = 'queued') AS ahead
+    RETURNING status, queue_position
     """
 )
+
+# Queued jobs (not yet taken up by a process) whose place moved up since it was last
+# reported, with their new place (the claim's order: oldest first). Near the front (`:near`)
+# every step is reported; further back only a move by a tenth or more, so a long queue does not
+# send a report per job at every submission. Two processes refreshing at once report a move
+# once (the row's lock, then the condition checked again on the row as the other left it).
+_QUEUE_MOVES = text(
+    f"""
+    WITH ranked AS (
+        SELECT generation_id,
+            row_number() OVER (ORDER BY created_at, generation_id) AS place
+        FROM render_jobs WHERE provider = :provider AND status = 'queued' AND {_free()})
+    UPDATE render_jobs j SET queue_position = r.place
+    FROM ranked r
+    WHERE j.generation_id = r.generation_id AND j.status = 'queued'
+      AND (j.queue_position IS NULL
+           OR r.place < j.queue_position
+              AND (r.place <= :near OR r.place <= j.queue_position * 0.9))
+    RETURNING j.generation_id, r.place
+    """
+)
+QUEUE_NEAR = 10  # places at the front of the queue reported at every move
 
 
 # -- plain asyncpg: a job's own steps ---------------------------------------------------------
@@ -346,9 +374,21 @@ class JobStore:
             assert refusal is not None
             _report(session, command.generation_id, "failed", error=refusal)
         elif row.status == QUEUED:
-            queued = Progress(stage="queued", queue_position=1 + int(row.ahead))
+            queued = Progress(stage="queued", queue_position=row.queue_position)
             _report(session, command.generation_id, "started", progress=queued)
         return str(row.status)
+
+    async def report_queue_moves(self) -> int:
+        """Report the new place of each queued job the queue moved (see `_QUEUE_MOVES`); how
+        many were reported."""
+        async with self.sessions() as session, session.begin():
+            rows = (
+                await session.execute(_QUEUE_MOVES, {"provider": self.provider, "near": QUEUE_NEAR})
+            ).all()
+            for row in rows:
+                place = Progress(stage="queued", queue_position=int(row.place))
+                _report(session, row.generation_id, "progress", progress=place)
+        return len(rows)
 
     # -- the scheduler's side --------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ keeps their leases alive.
 - Claim loop (every `TICK` or when woken): takes jobs left mid-way (expired or handed-back
   leases) first, then queued ones — for Veo only as many as the global submissions window
   allows — up to this process's capacity (`VEO_MAX_IN_FLIGHT`, or `WORKER_CONCURRENCY` for
-  local renders). No thread and no broker delivery is held per job.
+  local renders). No thread and no broker delivery is held per job. When jobs left the queue,
+  the jobs still queued are told their new places (`JobStore.report_queue_moves`).
 - Heartbeat (every 2 s, or a third of the lease if shorter): one statement reads the
   generations' statuses of every job held here, and every third of the lease it also renews
   their leases: an ended generation stops its job (Veo has no cancel: we stop waiting and mark
@@ -34,6 +35,7 @@ from veo_worker.steps import JobContext
 log = get_logger("SCHEDULER")
 
 TICK = 0.25  # seconds between claims when nothing wakes the loop
+PLACES_EVERY = 1.0  # seconds: a moved queue's places are reported at most this often
 STOP_GRACE = 5.0  # seconds flows get to reach a safe point when the worker stops
 SUBMIT_GRACE = 40.0  # and a submission on the wire (its HTTP timeout is 30 s)
 
@@ -71,6 +73,8 @@ class Scheduler:
         self._loops: list[asyncio.Task[None]] = []
         self.last_claim_ok = True
         self._next_sweep = 0.0
+        self._queue_moved = False  # jobs left the queue here since its places were reported
+        self._next_places = 0.0
 
     @property
     def healthy(self) -> bool:
@@ -140,6 +144,11 @@ class Scheduler:
             self._wake.clear()
 
     async def claim_once(self) -> int:
+        claimed = await self._claim()
+        await self._report_places()
+        return claimed
+
+    async def _claim(self) -> int:
         room = self.capacity - len(self.held)
         if room <= 0 or self._stopping.is_set():
             return 0
@@ -151,13 +160,30 @@ class Scheduler:
             # spares the database a scan of every held row at each claim).
             self._next_sweep = now + self.heartbeat_every
             jobs = await self.store.claim_started(room)
-            await self.store.drop_ended()
-        jobs += await self.store.claim_queued(
+            if await self.store.drop_ended():
+                self._queue_moved = True
+        queued = await self.store.claim_queued(
             room - len(jobs), per_minute=self.per_minute, status=self.claim_status
         )
+        if queued:
+            self._queue_moved = True
+        jobs += queued
         for job in jobs:
             self._spawn(job)
         return len(jobs)
+
+    async def _report_places(self) -> None:
+        """Once jobs left the queue, tell the jobs still waiting their new places (the
+        progress a user watches while Veo's quota holds the queue), at most every
+        `PLACES_EVERY` seconds."""
+        now = asyncio.get_running_loop().time()
+        if not self._queue_moved or now < self._next_places or self._stopping.is_set():
+            return
+        self._next_places = now + PLACES_EVERY
+        moved = await self.store.report_queue_moves()
+        self._queue_moved = False
+        if moved:
+            log.info("Queue places reported", jobs=moved)
 
     def _spawn(self, job: Job) -> None:
         ctx = JobContext(job, self.store, self._stopping)

@@ -217,6 +217,7 @@ class RenderJob(SQLModel, table=True):
     next_poll_at: datetime | None = _ts(nullable=True)
     poll_count: int = 0
     transient_errors: int = 0  # in a row, in the current step; reset by a success
+    queue_position: int | None = None  # a queued job's place, as last reported (1 = next)
     # The render command's consumer context: the job's spans join the generation's trace.
     trace_context: dict[str, Any] | None = _json()
     created_at: datetime = _ts(nullable=False, default=utcnow)
