@@ -96,7 +96,7 @@ async def test_a_long_queue_reports_each_move_near_the_front_and_further_back_by
         "SELECT generation_id, queue_position FROM render_jobs WHERE status = 'queued'"
     )
     async with sessions() as session:
-        kept = dict((await session.execute(kept_places)).all())
+        kept: dict[uuid.UUID, int] = dict((await session.execute(kept_places)).all())
     assert kept == {ids[n]: n - 14 for n in range(15, 60)}
 
 
