@@ -99,7 +99,8 @@ async def reads(run: Run) -> None:
         ]
     asyncio_base = baselines["asyncio"]["requests_per_s"]
     run.notes.append(
-        f"Status-read baseline on the stdlib asyncio loop (the loop `reelflow api` runs on): "
+        f"Status-read baseline on the stdlib asyncio loop (the other services' loop; "
+        f"`reelflow api` runs on uvloop like the baseline): "
         f"{asyncio_base} requests/s, against {base['requests_per_s']} on uvloop."
     )
 
