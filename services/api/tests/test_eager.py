@@ -60,3 +60,20 @@ async def test_cancelling_the_rest_runs_the_coroutines_cleanup() -> None:
     with pytest.raises(asyncio.CancelledError):
         await rest
     assert cleaned.is_set()
+
+
+async def test_two_started_on_one_pending_future_both_wait_for_it() -> None:
+    """The second `start` awaits the future the first left waiting, before the first's task
+    ran: asyncio's C future refuses a second awaiter while the first's await still marks it."""
+    drain = asyncio.get_running_loop().create_future()
+    order: list[int] = []
+
+    async def write(n: int) -> None:
+        await drain
+        order.append(n)
+
+    first, second = eager.start(write(1)), eager.start(write(2))
+    assert first is not None and second is not None
+    drain.set_result(None)
+    await asyncio.gather(first, second)
+    assert sorted(order) == [1, 2]

@@ -22,6 +22,7 @@ def start(awaitable: Awaitable[None]) -> asyncio.Future[None] | None:
         waiting = coro.send(None)
     except StopIteration:
         return None
+    _released(waiting)
     rest = asyncio.ensure_future(_rest(coro, waiting))
     # Its cleanup runs even if the rest is cancelled before it starts (a no-op once finished).
     rest.add_done_callback(lambda _: coro.close())
@@ -40,8 +41,16 @@ async def _rest(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
             if waiting is None:
                 await asyncio.sleep(0)
             else:
-                waiting._asyncio_future_blocking = False  # as a task does with what it awaits
                 await asyncio.wait([waiting])
-            waiting = coro.send(None)
+            waiting = _released(coro.send(None))
     except StopIteration:
         return
+
+
+def _released(waiting: Any) -> Any:
+    """Clear the mark a future's `__await__` sets on it, as a task does at once with what it
+    awaits: the C future refuses any other awaiter of a pending future still marked ("await
+    wasn't used with future"), so it is cleared here, not only when `_rest` first runs."""
+    if waiting is not None:
+        waiting._asyncio_future_blocking = False
+    return waiting
