@@ -24,7 +24,8 @@ test: prepare
 
 lint:
 	@uv="$(UV)"; "$$uv" run --frozen ruff check . && "$$uv" run --frozen ruff format --check . \
-	  && for member in shared/src services/*/src src; do "$$uv" run --frozen mypy "$$member" || exit 1; done
+	  && for member in shared/src services/*/src src shared/tests services/*/tests tests bench; do \
+	    "$$uv" run --frozen mypy "$$member" || exit 1; done
 
 definitions:
 	@uv="$(UV)"; "$$uv" run --frozen python -m shared.topology > deploy/rabbitmq/definitions.json

@@ -6,10 +6,11 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from typing import cast
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractChannel, DeliveryMode
+from aio_pika.abc import AbstractChannel, DeliveryMode, FieldValue
 from shared.consumer import IdempotentConsumer, PermanentError
 from shared.db.models import OutboxMessage
 from shared.messages import GenerationRequested
@@ -181,7 +182,9 @@ async def test_consumer_applies_once_dead_letters_poison_and_gives_up_on_failure
         assert "version" in str(reasons["m-future"])
         assert reasons["m-never"] == "permanent failure: cannot ever work"
         assert reasons["m-fails"] == ""
-        assert dead["m-fails"].headers["x-death"][0]["reason"] == "delivery_limit"
+        # The broker's x-death is an array of tables; the header is typed as any AMQP value.
+        x_death = cast("list[dict[str, FieldValue]]", dead["m-fails"].headers["x-death"])
+        assert x_death[0]["reason"] == "delivery_limit"
         assert {(m.headers or {}).get("x-reelflow-queue") for k, m in dead.items()} == {
             TEST_QUEUE.name,
             None,  # m-fails, dead-lettered by the broker

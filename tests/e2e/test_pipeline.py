@@ -11,6 +11,7 @@ import pytest
 import standardwebhooks
 from shared.db.models import ChatMessage, Generation
 from sqlalchemy import select, text
+from sqlmodel import col
 from veo_worker.probe import probe_video
 
 from tests.e2e.conftest import WORKER_API_KEY, Pipeline
@@ -35,8 +36,8 @@ async def _messages(p: Pipeline, conversation_id: str) -> list[ChatMessage]:
     async with p.sessions() as session:
         rows = await session.execute(
             select(ChatMessage)
-            .where(ChatMessage.conversation_id == conversation_id)  # type: ignore[arg-type]
-            .order_by(ChatMessage.created_at)  # type: ignore[arg-type]
+            .where(col(ChatMessage.conversation_id) == conversation_id)
+            .order_by(col(ChatMessage.created_at))
         )
         return list(rows.scalars())
 
@@ -172,8 +173,8 @@ async def test_cancel_from_a_live_status_and_illegal_moves_change_nothing(
             text("SELECT version FROM generations WHERE id = :i"), {"i": gen_id}
         )
     for action in ("confirm", "cancel", "answers"):
-        kwargs = {"json": {"answers": {"aspect_ratio": "16:9"}}} if action == "answers" else {}
-        response = await p.api.http.post(f"/v1/generations/{gen_id}/{action}", **kwargs)
+        payload = {"answers": {"aspect_ratio": "16:9"}} if action == "answers" else None
+        response = await p.api.http.post(f"/v1/generations/{gen_id}/{action}", json=payload)
         assert response.status_code == 409, (action, response.text)
         assert response.headers["content-type"].startswith("application/problem+json")
     async with p.sessions() as session:

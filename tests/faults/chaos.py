@@ -485,7 +485,7 @@ async def run(
         faults = asyncio.create_task(inject_faults(c, veo, report, receiver_down_seconds, pause))
         # A steady trickle for as long as the faults last (at least `generations` of them),
         # so every fault lands while work is in every stage.
-        tasks = []
+        tasks: list[asyncio.Task[str]] = []
         while len(tasks) < generations or not faults.done():
             tasks.append(asyncio.create_task(one(len(tasks))))
             await asyncio.sleep(interval)

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 from shared.db.migrate import migrate
-from shared.settings import load_settings
+from shared.settings import Settings, load_settings
 
 from tests.e2e.harness import Receiver, eventually
 from tests.infra import PrivatePostgres, PrivateRabbit
@@ -66,7 +66,7 @@ class Cluster:
         return f"http://127.0.0.1:{self.env['API_PORT']}"
 
     @property
-    def settings(self):  # type: ignore[no-untyped-def]
+    def settings(self) -> Settings:
         return load_settings(**self.env)
 
     def start(self, name: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractChannel, DeliveryMode
+from aio_pika.abc import AbstractChannel, DeliveryMode, HeadersType
 from aiohttp import web
 from notifier.main import NotifierService, build
 from shared.db.models import Conversation, Generation, User, WebhookEndpoint
@@ -57,7 +57,7 @@ class World:
     sessions: async_sessionmaker[AsyncSession]
     user_id: uuid.UUID
     conversation_id: uuid.UUID
-    generation: Generation
+    generation: Generation = field(init=False)  # set by the world fixture, once the rows exist
 
     async def endpoint(
         self, url: str, events: list[str] | None = None, user_id: uuid.UUID | None = None
@@ -91,7 +91,7 @@ async def world(clean_db: None, sessions: async_sessionmaker[AsyncSession]) -> W
         conversation = Conversation(user_id=user.id, title="foxes")
         session.add(conversation)
         await session.flush()
-    w = World(sessions, user.id, conversation.id, None)  # type: ignore[arg-type]
+    w = World(sessions, user.id, conversation.id)
     w.generation = await w.another_generation()
     return w
 
@@ -143,7 +143,7 @@ Publish = Callable[..., Awaitable[str]]
 @pytest.fixture
 def publish(channel: AbstractChannel) -> Publish:
     async def send(
-        event: LifecycleEvent, message_id: str | None = None, headers: dict[str, str] | None = None
+        event: LifecycleEvent, message_id: str | None = None, headers: HeadersType | None = None
     ) -> str:
         message_id = message_id or str(uuid.uuid4())
         exchange = await channel.get_exchange(EVENTS)

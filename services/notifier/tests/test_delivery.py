@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Awaitable, Callable, Sized
 from datetime import UTC, datetime, timedelta
 
 import aio_pika
@@ -42,7 +43,9 @@ async def deliveries(world: World, target: str | None = None) -> list[WebhookDel
         return list(await session.scalars(query))
 
 
-def finished(world: World, target: str | None = None, count: int = 1):  # type: ignore[no-untyped-def]
+def finished(
+    world: World, target: str | None = None, count: int = 1
+) -> Callable[[], Awaitable[list[WebhookDelivery]]]:
     async def check() -> list[WebhookDelivery]:
         rows = await deliveries(world, target)
         done = len(rows) == count and all(d.status != "pending" for d in rows)
@@ -133,7 +136,7 @@ async def test_an_unreachable_nextjs_loses_nothing_and_blocks_nothing(
     await eventually(lambda: _count(endpoint.hits, 3))
 
 
-async def _count(items: list, n: int) -> bool:  # type: ignore[type-arg]
+async def _count(items: Sized, n: int) -> bool:
     return len(items) >= n
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import TypeVar
 
 import pytest
-from shared.db.models import ChatMessage, WebhookDelivery
+from shared.db.models import ChatMessage, Generation, WebhookDelivery
 from shared.media import LinkSigner, thumbnail_key, video_key
+from shared.messages import LifecycleEvent
 from shared.schemas import Choice, ErrorInfo, Progress, Question, RenderResult, RenderSpec
 from shared.state_machine import Event, Status
 from sqlalchemy import select
@@ -18,6 +21,8 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from .conftest import WORKER_API_KEY, World, eventually, lifecycle
+
+T = TypeVar("T")
 
 NEXTJS_VERIFIER = Webhook("whsec_" + base64.b64encode(WORKER_API_KEY.encode()).decode())
 
@@ -38,7 +43,7 @@ async def deliveries(world: World) -> list[WebhookDelivery]:
         return list(rows)
 
 
-def completed(world: World, gen=None):  # type: ignore[no-untyped-def]
+def completed(world: World, gen: Generation | None = None) -> LifecycleEvent:
     gen = gen or world.generation
     result = RenderResult(
         video_key=video_key(world.user_id, gen.id),
@@ -145,7 +150,7 @@ async def test_completed_event_gives_a_video_message_and_a_signed_seed_webhook(
     assert delivery.payload.encode() == hit.body
 
 
-async def _first(items: list):  # type: ignore[no-untyped-def]
+async def _first(items: Sequence[T]) -> T | None:
     return items[0] if items else None
 
 

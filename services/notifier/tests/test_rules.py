@@ -16,7 +16,7 @@ from notifier.signing import request_headers
 from notifier.ssrf import ForbiddenAddress, check_literal, is_forbidden
 from shared.db.models import Generation
 from shared.messages import LifecycleEvent
-from shared.schemas import ErrorInfo, Question
+from shared.schemas import ErrorCode, ErrorInfo, Question
 from shared.state_machine import Event, Status
 from standardwebhooks import Webhook
 
@@ -67,8 +67,8 @@ def test_one_question_is_asked_in_one_sentence() -> None:
         ("internal", "went wrong on our side"),
     ],
 )
-def test_each_failure_is_explained_in_plain_words(code: str, words: str) -> None:
-    text = failure(ErrorInfo(code=code, message="HTTP 503 from upstream"))  # type: ignore[arg-type]
+def test_each_failure_is_explained_in_plain_words(code: ErrorCode, words: str) -> None:
+    text = failure(ErrorInfo(code=code, message="HTTP 503 from upstream"))
     assert words in text and "HTTP 503" not in text
 
 

@@ -13,6 +13,7 @@ from orchestrator.sweeper import sweep_once
 from shared.db.models import Generation, InboxEntry, OutboxMessage, User, utcnow
 from shared.settings import Settings, load_settings
 from sqlalchemy import func, select, text
+from sqlmodel import col
 
 pytestmark = pytest.mark.usefixtures("clean_db")
 
@@ -76,7 +77,7 @@ async def test_each_live_status_expires_at_its_own_deadline(env, sessions) -> No
         failed = await session.scalar(
             select(func.count())
             .select_from(OutboxMessage)
-            .where(OutboxMessage.routing_key == "generation.failed")  # type: ignore[arg-type]
+            .where(col(OutboxMessage.routing_key) == "generation.failed")
         )
     assert failed == 4
 
