@@ -20,6 +20,7 @@ from shared.telemetry import carrier, label
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from api.idempotency import WINDOW, request_hash
 from api.moves import check_quotas
@@ -64,11 +65,12 @@ async def create_generation(
     if body.conversation_id is not None:
         await ensure_conversation(db, user_id, body.conversation_id)
 
+    stored_params = params.model_dump(mode="json", exclude_none=True)
     canonical = {
         "prompt": body.prompt,
         "conversation_id": str(body.conversation_id) if body.conversation_id else None,
         "auto_confirm": body.auto_confirm,
-        "params": params.model_dump(mode="json", exclude_none=True),
+        "params": stored_params,
     }
     digest = request_hash(canonical) if idempotency_key else None
     if idempotency_key:
@@ -79,9 +81,9 @@ async def create_generation(
         await db.execute(
             update(Generation)
             .where(
-                Generation.user_id == user_id,
-                Generation.idempotency_key == idempotency_key,
-                Generation.created_at < utcnow() - WINDOW,
+                col(Generation.user_id) == user_id,
+                col(Generation.idempotency_key) == idempotency_key,
+                col(Generation.created_at) < utcnow() - WINDOW,
             )
             .values(idempotency_key=None)
         )
@@ -105,7 +107,7 @@ async def create_generation(
         version=1,
         prompt=body.prompt,
         auto_confirm=body.auto_confirm,
-        params=canonical["params"],
+        params=stored_params,
         idempotency_key=idempotency_key,
         request_hash=digest,
         trace_context=carrier(),  # later moves announce their events in this trace
@@ -136,9 +138,9 @@ async def _by_key(db: AsyncSession, user_id: uuid.UUID, key: str) -> Generation 
     """The generation made with this key within the window, if any."""
     return await db.scalar(
         select(Generation).where(
-            Generation.user_id == user_id,
-            Generation.idempotency_key == key,
-            Generation.created_at >= utcnow() - WINDOW,
+            col(Generation.user_id) == user_id,
+            col(Generation.idempotency_key) == key,
+            col(Generation.created_at) >= utcnow() - WINDOW,
         )
     )
 

@@ -229,6 +229,9 @@ class LiveFeed:
         except (UnknownMessage, ValueError) as exc:
             log.warning("Live update ignored", type=message.type, error=str(exc)[:200])
             return
+        if not isinstance(update, LifecycleEvent | ConversationMessageCreated):
+            log.warning("Live update ignored", type=message.type, error="not a live update")
+            return
         async with self._order:
             await self.fan_out(update)
 

@@ -11,6 +11,7 @@ from shared.domain.generation_rows import GenerationRow
 from shared.state_machine import Status
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from api.pagination import Position, keyset_page
 from api.problems import not_found
@@ -21,8 +22,8 @@ async def owned_generation(
 ) -> Generation:
     """The user's generation, or 404 (another user's id is as unknown as a made-up one)."""
     query = select(Generation).where(
-        Generation.id == generation_id,
-        Generation.user_id == user_id,
+        col(Generation.id) == generation_id,
+        col(Generation.user_id) == user_id,
     )
     if lock:
         query = query.with_for_update()
@@ -74,9 +75,9 @@ async def ensure_conversation(
     db: AsyncSession, user_id: uuid.UUID, conversation_id: uuid.UUID
 ) -> None:
     found = await db.scalar(
-        select(Conversation.id).where(
-            Conversation.id == conversation_id,
-            Conversation.user_id == user_id,
+        select(col(Conversation.id)).where(
+            col(Conversation.id) == conversation_id,
+            col(Conversation.user_id) == user_id,
         )
     )
     if found is None:
@@ -93,11 +94,11 @@ async def page_of_generations(
     conversation_id: uuid.UUID | None = None,
 ) -> tuple[list[Generation], bool]:
     """Up to `limit` generations older than `after`, newest first, and whether more follow."""
-    query = select(Generation).where(Generation.user_id == user_id)
+    query = select(Generation).where(col(Generation.user_id) == user_id)
     if status is not None:
-        query = query.where(Generation.status == status.value)
+        query = query.where(col(Generation.status) == status.value)
     if conversation_id is not None:
-        query = query.where(Generation.conversation_id == conversation_id)
+        query = query.where(col(Generation.conversation_id) == conversation_id)
     return await keyset_page(db, query, Generation, limit=limit, after=after)
 
 

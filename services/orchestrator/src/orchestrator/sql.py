@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 POOL_SIZE = 10
 
-_TABLE: Table = Generation.__table__
+_TABLE: Table = Generation.metadata.tables["generations"]
 _COLUMNS = ", ".join(f.name for f in fields(GenerationRow))
 _JSONB = frozenset(c.name for c in _TABLE.c if isinstance(c.type, JSONB))
 
