@@ -368,7 +368,7 @@ async def check(
                     {"k": list(CHAT_EVENTS)},
                 )
             ).all()
-            written = dict(
+            written: dict[str, int] = dict(
                 (
                     await conn.execute(
                         text(
@@ -382,7 +382,7 @@ async def check(
             report.checks["ok_one_message_per_event"] = all(
                 written.get(cid, 0) == n for cid, n in expected
             )
-            deliveries = dict(
+            deliveries: dict[str, str] = dict(
                 (
                     await conn.execute(text("SELECT webhook_id, status FROM webhook_deliveries"))
                 ).all()
@@ -449,13 +449,13 @@ async def check(
         if not str(m.message_id).startswith("poison-")
     ]
     report.checks["poison_reasons"] = {k: m.reason[:80] for k, m in sorted(poison.items())}
-    expected = {f"poison-{q.name}-{kind}": q.name for q in WORK_QUEUES for kind in POISON}
+    injected = {f"poison-{q.name}-{kind}": q.name for q in WORK_QUEUES for kind in POISON}
     report.checks["ok_poison_dead_lettered_with_reason"] = all(
         k in poison and poison[k].reason.startswith("unreadable: ") and poison[k].died_in == q
-        for k, q in expected.items()
+        for k, q in injected.items()
     )
     unexpected = report.checks["dead_messages_not_injected"]
-    report.checks["ok_nothing_else_dead"] = sum(dead.values()) == len(expected) and not unexpected
+    report.checks["ok_nothing_else_dead"] = sum(dead.values()) == len(injected) and not unexpected
 
 
 async def run(

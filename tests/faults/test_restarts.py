@@ -37,7 +37,7 @@ async def postgres() -> AsyncIterator[PrivatePostgres]:
     await asyncio.to_thread(cluster.close)
 
 
-async def _seed_generation(settings: Settings, **fields: object) -> uuid.UUID:
+async def _seed_generation(settings: Settings) -> uuid.UUID:
     engine = make_engine(settings, pool_size=1)
     try:
         user = User(name="faults", api_key_prefix="rf_x", api_key_sha256=uuid.uuid4().hex)
@@ -46,7 +46,6 @@ async def _seed_generation(settings: Settings, **fields: object) -> uuid.UUID:
             status="pending_clarification",
             prompt=DETAILED,
             params={"aspect_ratio": "16:9", "duration_seconds": 4},
-            **fields,
         )
         async with make_sessionmaker(engine)() as session, session.begin():
             session.add(user)

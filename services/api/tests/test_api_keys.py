@@ -25,6 +25,7 @@ from shared.db.models import ApiKey, utcnow
 from shared.settings import Settings
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlmodel import col
 
 Sessions = async_sessionmaker[AsyncSession]
 MakeUser = Callable[[str], Awaitable[dict[str, Any]]]
@@ -36,8 +37,8 @@ def bearer(key: str) -> dict[str, str]:
 
 async def keys_in_db(sessions: Sessions, user_id: str) -> list[ApiKey]:
     async with sessions() as s:
-        query = select(ApiKey).where(ApiKey.user_id == uuid.UUID(user_id))
-        return list((await s.scalars(query.order_by(ApiKey.created_at))).all())
+        query = select(ApiKey).where(col(ApiKey.user_id) == uuid.UUID(user_id))
+        return list((await s.scalars(query.order_by(col(ApiKey.created_at)))).all())
 
 
 async def test_a_key_is_shown_once_and_only_its_sha256_is_kept(
@@ -122,7 +123,7 @@ async def test_the_last_use_is_written_at_most_once_a_minute(
 
     earlier = utcnow() - timedelta(seconds=61)
     async with sessions() as s, s.begin():
-        await s.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=earlier))
+        await s.execute(update(ApiKey).where(col(ApiKey.id) == row.id).values(last_used_at=earlier))
     await asyncio.gather(
         *(client.get("/v1/generations", headers=alice["headers"]) for _ in range(10))
     )

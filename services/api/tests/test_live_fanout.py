@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,20 +20,42 @@ from shared.domain.generation_rows import GenerationRow
 from shared.messages import GenerationSnapshot, LifecycleEvent
 from shared.schemas import GenerationParams
 from shared.state_machine import Event, Status
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from starlette.types import Message
 
 PARAMS = {"aspect_ratio": "16:9", "resolution": "720p", "duration_seconds": 4}
 
 
 class NoRecord:
-    """The raw pool, for a generation whose outbox record is not at hand."""
+    """The raw pool (`Queries`), for a generation whose outbox record is not at hand: only
+    `fetch` is used."""
 
-    async def fetch(self, *_: Any) -> list[Any]:
+    async def fetch(self, query: str, *args: Any) -> list[Any]:
         return []
+
+    async def fetchrow(self, query: str, *args: Any) -> Any:
+        raise AssertionError("fetchrow is not used here")
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        raise AssertionError("fetchval is not used here")
+
+    async def execute(self, query: str, *args: Any) -> str:
+        raise AssertionError("execute is not used here")
 
 
 class Links:
+    """The media store (`Storage`): only links are asked for."""
+
+    async def put_file(self, key: str, path: Path, content_type: str) -> None:
+        raise AssertionError("put_file is not used here")
+
     async def url_for(self, key: str) -> str:
         return f"http://media/{key}"
+
+
+def _deps(frames: SharedFrames) -> StreamDeps:
+    """No database: sessions bound to no engine, so a query would fail."""
+    return StreamDeps(async_sessionmaker(), Links(), 30.0, NoRecord(), frames)
 
 
 def _row(gid: uuid.UUID, uid: uuid.UUID, now: datetime) -> GenerationRow:
@@ -45,7 +68,7 @@ def _row(gid: uuid.UUID, uid: uuid.UUID, now: datetime) -> GenerationRow:
 @pytest.mark.parametrize("immediate", [True, False], ids=["from the fan-out", "by each task"])
 async def test_one_event_is_rendered_once_for_every_stream_and_ends_them(immediate: bool) -> None:
     feed, frames = LiveFeed("amqp://unused"), SharedFrames()
-    deps = StreamDeps(None, Links(), 30.0, NoRecord(), frames)
+    deps = _deps(frames)
     gid, uid, now = uuid.uuid4(), uuid.uuid4(), datetime.now(UTC)
     bodies: list[list[bytes]] = [[] for _ in range(50)]
     left = asyncio.Event()
@@ -54,10 +77,10 @@ async def test_one_event_is_rendered_once_for_every_stream_and_ends_them(immedia
         subscriber = feed.generation(gid)
         stream = GenerationStream(deps, subscriber, _row(gid, uid, now), None)
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: Message) -> None:
             bodies[i].append(message.get("body", b""))
 
-        async def receive() -> dict[str, Any]:
+        async def receive() -> Message:
             await left.wait()
             return {"type": "http.disconnect"}
 
@@ -115,7 +138,7 @@ def _event(gid: uuid.UUID, uid: uuid.UUID, now: datetime, version: int) -> Lifec
 
 async def test_a_slow_client_keeps_its_order_and_holds_up_no_other_stream() -> None:
     feed, frames = LiveFeed("amqp://unused"), SharedFrames()
-    deps = StreamDeps(None, Links(), 30.0, NoRecord(), frames)
+    deps = _deps(frames)
     gid, uid, now = uuid.uuid4(), uuid.uuid4(), datetime.now(UTC)
     bodies: list[list[bytes]] = [[] for _ in range(5)]
     ends: list[list[bool]] = [[] for _ in range(5)]
@@ -125,14 +148,14 @@ async def test_a_slow_client_keeps_its_order_and_holds_up_no_other_stream() -> N
         subscriber = feed.generation(gid)
         stream = GenerationStream(deps, subscriber, _row(gid, uid, now), None)
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: Message) -> None:
             if i == 0 and message.get("body", b"").startswith(b"id: 4\n"):
                 await drained.wait()  # the server's buffer is full: this write waits
             bodies[i].append(message.get("body", b""))
             if message["type"] == "http.response.body":
                 ends[i].append(not message["more_body"])
 
-        async def receive() -> dict[str, Any]:
+        async def receive() -> Message:
             await asyncio.Event().wait()  # the client stays
             return {"type": "http.disconnect"}
 

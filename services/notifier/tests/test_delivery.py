@@ -15,6 +15,7 @@ from shared.messages import WebhookDeliveryRequested
 from shared.state_machine import Event, Status
 from shared.topology import COMMANDS, WEBHOOK_DELIVERY_KEY
 from sqlalchemy import select
+from sqlmodel import col
 from standardwebhooks import Webhook
 
 from tests.support import free_port
@@ -29,17 +30,17 @@ async def attempts(world: World, delivery_id: uuid.UUID) -> list[WebhookAttempt]
     async with world.sessions() as session:
         rows = await session.scalars(
             select(WebhookAttempt)
-            .where(WebhookAttempt.delivery_id == delivery_id)
-            .order_by(WebhookAttempt.id)
+            .where(col(WebhookAttempt.delivery_id) == delivery_id)
+            .order_by(col(WebhookAttempt.id))
         )
         return list(rows)
 
 
 async def deliveries(world: World, target: str | None = None) -> list[WebhookDelivery]:
     async with world.sessions() as session:
-        query = select(WebhookDelivery).order_by(WebhookDelivery.created_at)
+        query = select(WebhookDelivery).order_by(col(WebhookDelivery.created_at))
         if target is not None:
-            query = query.where(WebhookDelivery.target == target)
+            query = query.where(col(WebhookDelivery.target) == target)
         return list(await session.scalars(query))
 
 
@@ -142,7 +143,7 @@ async def _count(items: Sized, n: int) -> bool:
 
 async def _endpoint_ids(world: World) -> list[uuid.UUID]:
     async with world.sessions() as session:
-        return list(await session.scalars(select(WebhookEndpoint.id)))
+        return list(await session.scalars(select(col(WebhookEndpoint.id))))
 
 
 async def test_a_redirect_is_not_followed_and_counts_as_a_failure(

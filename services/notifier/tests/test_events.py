@@ -17,6 +17,7 @@ from shared.messages import LifecycleEvent
 from shared.schemas import Choice, ErrorInfo, Progress, Question, RenderResult, RenderSpec
 from shared.state_machine import Event, Status
 from sqlalchemy import select
+from sqlmodel import col
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
@@ -31,15 +32,17 @@ async def messages(world: World) -> list[ChatMessage]:
     async with world.sessions() as session:
         rows = await session.scalars(
             select(ChatMessage)
-            .where(ChatMessage.conversation_id == world.conversation_id)
-            .order_by(ChatMessage.created_at)
+            .where(col(ChatMessage.conversation_id) == world.conversation_id)
+            .order_by(col(ChatMessage.created_at))
         )
         return list(rows)
 
 
 async def deliveries(world: World) -> list[WebhookDelivery]:
     async with world.sessions() as session:
-        rows = await session.scalars(select(WebhookDelivery).order_by(WebhookDelivery.created_at))
+        rows = await session.scalars(
+            select(WebhookDelivery).order_by(col(WebhookDelivery.created_at))
+        )
         return list(rows)
 
 

@@ -20,6 +20,7 @@ from shared.settings import Settings
 from shared.topology import EVENTS, LIFECYCLE_KEYS, NOTIFIER_EVENTS, WORKER_RENDER
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlmodel import col
 
 from tests.support import eventually, record_bound
 
@@ -185,13 +186,13 @@ class Rows:
 
     async def outbox(self, generation_id: uuid.UUID, type_: str | None = None) -> list[str]:
         """Routing keys of the outbox rows about this generation, in order."""
-        query = select(OutboxMessage.routing_key).where(
-            OutboxMessage.correlation_id == str(generation_id)
+        query = select(col(OutboxMessage.routing_key)).where(
+            col(OutboxMessage.correlation_id) == str(generation_id)
         )
         if type_ is not None:
-            query = query.where(OutboxMessage.type == type_)
+            query = query.where(col(OutboxMessage.type) == type_)
         async with self.sessions() as session:
-            return list((await session.execute(query.order_by(OutboxMessage.id))).scalars())
+            return list((await session.execute(query.order_by(col(OutboxMessage.id)))).scalars())
 
     async def count_outbox(self) -> int:
         async with self.sessions() as session:

@@ -46,7 +46,11 @@ async def test_a_command_ends_with_a_stored_probed_mp4_and_ordered_reports(
     progress = [r.progress for r in reports.of(command.generation_id)[1:-1]]
     stages = [p.stage for p in progress if p]
     assert stages[-1] == "uploading" and set(stages[:-1]) == {"generating"}
-    percents = [p.percent for p in progress if p and p.stage == "generating"]
+    percents: list[float] = []
+    for p in progress:
+        if p and p.stage == "generating":
+            assert p.percent is not None  # a generating report says how far it is
+            percents.append(p.percent)
     assert percents == sorted(percents) and 2 <= len(percents) <= 6  # throttled to ~20 %
 
     result = reports.of(command.generation_id)[-1].result
