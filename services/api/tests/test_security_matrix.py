@@ -110,6 +110,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/v1/webhook-endpoints"): Route(USER, 200, 200),
     ("GET", "/v1/webhook-endpoints/{endpoint_id}"): Route(USER, 200),
     ("POST", "/v1/webhook-endpoints/{endpoint_id}/rotate-secret"): Route(USER, 200),
+    ("POST", "/v1/webhook-endpoints/{endpoint_id}/enable"): Route(USER, 200),
     ("GET", "/v1/webhook-endpoints/{endpoint_id}/deliveries"): Route(USER, 200),
     ("POST", "/v1/webhook-deliveries/{delivery_id}/redeliver"): Route(USER, 202),
     ("POST", "/v1/webhook-endpoints/{endpoint_id}/resend-failed"): Route(

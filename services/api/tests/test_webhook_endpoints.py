@@ -1,5 +1,6 @@
 """`/v1/webhook-endpoints` and `/v1/webhook-deliveries`: registration and its checks, secrets
-shown once, rotation, deletion, the delivery log, redeliver and resend-failed (what they queue).
+shown once, rotation, deletion, re-enabling, the delivery log, redeliver and resend-failed (what
+they queue).
 The notifier's side of redeliveries runs in tests/e2e/test_webhooks.py."""
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from notifier import sql as notifier_sql
 from shared.db.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from shared.messages import WebhookDeliveryRequested
 from sqlalchemy import select
@@ -167,9 +170,11 @@ async def test_another_users_endpoints_are_not_found(
         ("GET", f"{ROOT}/{mine['id']}", None),
         ("DELETE", f"{ROOT}/{mine['id']}", None),
         ("POST", f"{ROOT}/{mine['id']}/rotate-secret", None),
+        ("POST", f"{ROOT}/{mine['id']}/enable", None),
         ("GET", f"{ROOT}/{mine['id']}/deliveries", None),
         ("POST", f"{ROOT}/{mine['id']}/resend-failed", since),
         ("GET", f"{ROOT}/{uuid.uuid4()}", None),
+        ("POST", f"{ROOT}/{uuid.uuid4()}/enable", None),
         ("GET", f"{ROOT}/not-an-id", None),
         ("POST", f"/v1/webhook-deliveries/{uuid.uuid4()}/redeliver", None),
     ]:
@@ -404,6 +409,66 @@ async def test_nothing_is_resent_to_a_disabled_endpoint(
     )
     problem(r, 409)
     assert await queued_commands(sessions) == []
+
+
+async def test_a_disabled_endpoint_can_be_enabled_again(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    user: User,
+    make_user: Callable[[str], Awaitable[User]],
+    problem: Problem,
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    endpoint = await register(client, user)
+    endpoint_id = uuid.UUID(endpoint["id"])
+    failed = await add_delivery(sessions, endpoint["id"], "failed", [500, 500])
+    # Disabled as the notifier does it: a failure streak begun six days ago, then DISABLE.
+    pg = app.state.pg
+    began = datetime.now(UTC) - timedelta(days=6)
+    assert await pg.fetchval(notifier_sql.STREAK_START, endpoint_id, began) == began
+    reason = "Every attempt failed for six days."
+    assert await pg.fetchval(notifier_sql.DISABLE, endpoint_id, reason) == endpoint_id
+    path = f"{ROOT}/{endpoint['id']}"
+    read = (await client.get(path, headers=user["headers"])).json()
+    assert (read["status"], read["disabled_reason"]) == ("disabled", reason)
+    assert await pg.fetch(notifier_sql.ENDPOINTS_OF_USERS, [uuid.UUID(user["id"])]) == []
+
+    # Another user's endpoint is as unknown to them as a made-up id, and stays disabled.
+    bob = await make_user("bob")
+    problem(await client.post(f"{path}/enable", headers=bob["headers"]), 404)
+    problem(await client.post(f"{ROOT}/{uuid.uuid4()}/enable", headers=user["headers"]), 404)
+    assert (await client.get(path, headers=user["headers"])).json()["status"] == "disabled"
+
+    r = await client.post(f"{path}/enable", headers=user["headers"])
+    assert r.status_code == 200, r.text
+    expected = {**read, "status": "active", "disabled_reason": None}
+    assert r.json() == expected
+    assert (await client.get(path, headers=user["headers"])).json() == expected
+    # Enabling an active endpoint changes nothing.
+    again = await client.post(f"{path}/enable", headers=user["headers"])
+    assert again.status_code == 200 and again.json() == expected
+
+    # The notifier picks it for new events again, and its next failure starts a new streak
+    # (the old one is gone: one more failed attempt does not disable it at once).
+    (found,) = await pg.fetch(notifier_sql.ENDPOINTS_OF_USERS, [uuid.UUID(user["id"])])
+    assert found["id"] == endpoint_id
+    now = datetime.now(UTC)
+    assert await pg.fetchval(notifier_sql.STREAK_START, endpoint_id, now) == now
+    # Nothing was resent by itself; the failed delivery is redelivered on request.
+    assert await queued_commands(sessions) == []
+    async with sessions() as s:
+        assert (await s.get(WebhookDelivery, failed.id)).status == "failed"  # type: ignore[union-attr]
+    r = await client.post(f"/v1/webhook-deliveries/{failed.id}/redeliver", headers=user["headers"])
+    assert r.status_code == 202, r.text
+    assert [(c.delivery_id, c.attempt) for c in await queued_commands(sessions)] == [(failed.id, 3)]
+
+
+async def test_a_deleted_endpoint_cannot_be_enabled(
+    client: httpx.AsyncClient, user: User, problem: Problem
+) -> None:
+    made = await register(client, user)
+    assert (await client.delete(f"{ROOT}/{made['id']}", headers=user["headers"])).status_code == 204
+    problem(await client.post(f"{ROOT}/{made['id']}/enable", headers=user["headers"]), 404)
 
 
 async def test_resend_failed_since_queues_each_failed_delivery_once(

@@ -96,6 +96,17 @@ async def rotate(
     return endpoint
 
 
+def enable(endpoint: WebhookEndpoint) -> bool:
+    """Back to `active` with no reason and no failure streak (so the next failed attempt starts
+    a new streak instead of disabling it again at once); False if it was active already."""
+    if endpoint.status == "active":
+        return False
+    endpoint.status = "active"
+    endpoint.disabled_reason = None
+    endpoint.failing_since = None
+    return True
+
+
 async def deliveries_out(db: AsyncSession, rows: list[WebhookDelivery]) -> list[DeliveryOut]:
     """Deliveries with their attempts, oldest attempt first (one query for the whole page)."""
     attempts: dict[uuid.UUID, list[AttemptOut]] = defaultdict(list)

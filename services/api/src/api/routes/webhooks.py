@@ -26,6 +26,7 @@ from api.webhook_schemas import (
 )
 from api.webhook_store import (
     deliveries_out,
+    enable,
     endpoint_out,
     new_secret,
     owned_endpoint,
@@ -134,6 +135,30 @@ async def rotate_secret(
     await db.commit()
     log.info("Endpoint secret rotated", endpoint_id=str(endpoint_id))
     return with_secret(row)
+
+
+@router.post(
+    "/webhook-endpoints/{endpoint_id}/enable",
+    response_model=EndpointOut,
+    responses=responses(401, 404),
+    summary="Turn a disabled webhook endpoint back on",
+    description=(
+        "Sets the endpoint back to `active` and clears `disabled_reason` (and its failure streak, "
+        "so one more failed attempt does not disable it again). On an endpoint that is already "
+        "active it changes nothing. Events from now on are delivered to it again.\n\n"
+        "Nothing is resent by itself: events that happened while it was disabled were never "
+        "queued for it, and deliveries that failed because it was disabled stay `failed`. "
+        "Resend those you want with `POST /v1/webhook-deliveries/{id}/redeliver` or "
+        "`POST /v1/webhook-endpoints/{id}/resend-failed`. A delivery still `pending` keeps its "
+        "retry schedule."
+    ),
+)
+async def enable_endpoint(endpoint_id: uuid.UUID, user: CurrentUser, db: Session) -> EndpointOut:
+    row = await owned_endpoint(db, user.id, endpoint_id, lock=True)
+    if enable(row):
+        await db.commit()
+        log.info("Endpoint enabled", endpoint_id=str(endpoint_id))
+    return endpoint_out(row)
 
 
 @router.get(
