@@ -389,7 +389,7 @@ async def test_secrets_never_come_back_after_creation(
         for secret in (w.endpoint_secret, *w.secrets_of_alice):
             assert secret not in r.text, f"GET {template} shows a secret"
     async with sessions() as s:
-        rows = (await s.execute(ApiKey.__table__.select())).mappings().all()
+        rows = (await s.execute(ApiKey.metadata.tables["api_keys"].select())).mappings().all()
         stored = json.dumps([dict(r) for r in rows], default=str)
         assert rows and all(key not in stored for key in w.secrets_of_alice)
         gen = await s.get(Generation, uuid.UUID(w.generation))

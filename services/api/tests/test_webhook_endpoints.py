@@ -20,6 +20,7 @@ from shared.db.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from shared.messages import WebhookDeliveryRequested
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlmodel import col
 
 Problem = Callable[[httpx.Response, int], dict[str, Any]]
 User = dict[str, Any]
@@ -340,8 +341,8 @@ async def queued_commands(
     async with sessions() as s:
         rows = await s.scalars(
             select(OutboxMessage)
-            .where(OutboxMessage.type == WebhookDeliveryRequested.TYPE)
-            .order_by(OutboxMessage.id)
+            .where(col(OutboxMessage.type) == WebhookDeliveryRequested.TYPE)
+            .order_by(col(OutboxMessage.id))
         )
         return [WebhookDeliveryRequested.model_validate_json(r.body) for r in rows]
 
