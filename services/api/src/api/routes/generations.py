@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Response
+from shared.api_keys import Caller
 from shared.domain.quotas import Limits
 from shared.logging import get_logger, log_context
 from shared.media import Storage
+from shared.runtime import ServiceRuntime
+from shared.settings import Settings
 from shared.state_machine import Status
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.creation import create_generation
 from api.deps import AppSettings, AppStorage, CurrentUser, Pg, Runtime, Session
@@ -149,24 +154,41 @@ async def status_response(
     return Response(body.model_dump_json(by_alias=True), headers=headers, media_type=JSON)
 
 
-async def _move(
-    action: str,
-    plan: Plan,
-    generation_id: uuid.UUID,
+@dataclass(frozen=True)
+class Mover:
+    """What the move routes share: the caller, the session and the app's parts; called with a
+    move's name, its plan and the generation, it applies the move and answers the generation."""
+
+    user: Caller
+    db: AsyncSession
+    cfg: Settings
+    runtime: ServiceRuntime
+    storage: Storage
+    response: Response
+
+    async def __call__(self, action: str, plan: Plan, generation_id: uuid.UUID) -> GenerationOut:
+        limits = Limits.from_settings(self.cfg)
+        with log_context(generation_id=str(generation_id)):
+            log_move.info("Request received", move=action, user_id=str(self.user.id))
+            gen, before = await move(self.db, self.user.id, generation_id, plan, limits=limits)
+            self.runtime.relay.wake()
+            log_move.info("Move applied", move=action, **{"from": before.value, "to": gen.status})
+        self.response.headers["ETag"] = etag(gen)
+        return await generation_out(gen, self.storage)
+
+
+async def mover(
     user: CurrentUser,
     db: Session,
+    cfg: AppSettings,
     runtime: Runtime,
     storage: AppStorage,
     response: Response,
-    cfg: AppSettings,
-) -> GenerationOut:
-    with log_context(generation_id=str(generation_id)):
-        log_move.info("Request received", move=action, user_id=str(user.id))
-        gen, before = await move(db, user.id, generation_id, plan, limits=Limits.from_settings(cfg))
-        runtime.relay.wake()
-        log_move.info("Move applied", move=action, **{"from": before.value, "to": gen.status})
-    response.headers["ETag"] = etag(gen)
-    return await generation_out(gen, storage)
+) -> Mover:
+    return Mover(user, db, cfg, runtime, storage, response)
+
+
+Move = Annotated[Mover, Depends(mover)]
 
 
 @router.post(
@@ -175,18 +197,8 @@ async def _move(
     responses=_MOVE_ERRORS,
     summary="Answer the clarifying questions (409 unless pending_clarification)",
 )
-async def answer(
-    generation_id: uuid.UUID,
-    body: SubmitAnswers,
-    user: CurrentUser,
-    db: Session,
-    cfg: AppSettings,
-    runtime: Runtime,
-    storage: AppStorage,
-    response: Response,
-) -> GenerationOut:
-    plan = answers_plan(body.answers, cfg)
-    return await _move("answers", plan, generation_id, user, db, runtime, storage, response, cfg)
+async def answer(generation_id: uuid.UUID, body: SubmitAnswers, apply: Move) -> GenerationOut:
+    return await apply("answers", answers_plan(body.answers, apply.cfg), generation_id)
 
 
 @router.post(
@@ -195,18 +207,8 @@ async def answer(
     responses=responses(401, 404, 409, 429),
     summary="Confirm the spec and cost (409 unless pending_confirmation; 429 over a quota)",
 )
-async def confirm(
-    generation_id: uuid.UUID,
-    user: CurrentUser,
-    db: Session,
-    runtime: Runtime,
-    storage: AppStorage,
-    response: Response,
-    cfg: AppSettings,
-) -> GenerationOut:
-    return await _move(
-        "confirm", confirm_plan, generation_id, user, db, runtime, storage, response, cfg
-    )
+async def confirm(generation_id: uuid.UUID, apply: Move) -> GenerationOut:
+    return await apply("confirm", confirm_plan, generation_id)
 
 
 @router.post(
@@ -215,15 +217,5 @@ async def confirm(
     responses=responses(401, 404, 409),
     summary="Cancel (409 if already completed, failed or cancelled)",
 )
-async def cancel(
-    generation_id: uuid.UUID,
-    user: CurrentUser,
-    db: Session,
-    runtime: Runtime,
-    storage: AppStorage,
-    response: Response,
-    cfg: AppSettings,
-) -> GenerationOut:
-    return await _move(
-        "cancel", cancel_plan, generation_id, user, db, runtime, storage, response, cfg
-    )
+async def cancel(generation_id: uuid.UUID, apply: Move) -> GenerationOut:
+    return await apply("cancel", cancel_plan, generation_id)
