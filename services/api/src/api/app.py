@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import aio_pika
 import asyncpg
 from fastapi import FastAPI
+from shared.db.raw import close_pool
 from shared.logging import get_logger
 from shared.media import build_storage
 from shared.runtime import ServiceRuntime
@@ -70,7 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
             if probe is not None:
                 await probe.close()
             if pool is not None:
-                await pool.close()
+                await close_pool(pool)
             await runtime.close()
             log.info("API stopped")
 

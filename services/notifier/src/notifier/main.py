@@ -5,6 +5,7 @@ from __future__ import annotations
 import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractRobustConnection
+from shared.db.raw import close_pool
 from shared.logging import get_logger
 from shared.media import build_storage
 from shared.runtime import ConsumerService, ServiceRuntime, Subscription
@@ -87,7 +88,7 @@ class NotifierService(ConsumerService):
         await super().stop()
         await self.sender.close()
         if self.pool is not None:
-            await self.pool.close()
+            await close_pool(self.pool)
 
 
 def build(settings: Settings) -> NotifierService:

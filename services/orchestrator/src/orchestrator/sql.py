@@ -54,7 +54,7 @@ class PoolHolder:
     async def close(self) -> None:
         if self.pool is not None:
             pool, self.pool = self.pool, None
-            await pool.close()
+            await raw.close_pool(pool)
 
 
 # -- reading the generation ---------------------------------------------------------------------

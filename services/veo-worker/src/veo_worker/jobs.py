@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
-from shared.db.raw import open_pool
+from shared.db.raw import close_pool, open_pool
 from shared.logging import get_logger
 from shared.messages import RenderReported, RenderReportKind, RenderRequested
 from shared.outbox import OutboxRelay, Outgoing, enqueue, plain_insert
@@ -332,7 +332,7 @@ class JobStore:
 
     async def close(self) -> None:
         if self._pool is not None:
-            await self._pool.close()
+            await close_pool(self._pool)
             self._pool = None
 
     @property

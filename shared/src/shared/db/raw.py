@@ -6,12 +6,18 @@ statement (asyncpg caches them per connection). JSON columns come back decoded, 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import asyncpg
 
+from shared.logging import get_logger
 from shared.settings import Settings
+
+log = get_logger("DATABASE")
+
+CLOSE_GRACE_SECONDS = 10.0  # for connections still in use when the pool closes
 
 
 async def _json_codecs(conn: Any) -> None:
@@ -48,3 +54,16 @@ async def open_pool(
         **({} if reset_sessions else {"reset": _keep_session}),
     )
     return pool
+
+
+async def close_pool(pool: asyncpg.Pool, *, within: float | None = None) -> None:
+    """Close `pool`, waiting for connections still in use up to `within` seconds (default
+    `CLOSE_GRACE_SECONDS`); those left then are closed by force. asyncpg's `close` waits for
+    every connection to come back: one never released (a stuck query, a leaked acquire) would
+    hold a stopping service for ever."""
+    try:
+        async with asyncio.timeout(CLOSE_GRACE_SECONDS if within is None else within):
+            await pool.close()
+    except TimeoutError:
+        log.warning("Database connections still in use at shutdown: closed by force")
+        pool.terminate()
