@@ -18,11 +18,19 @@ from aio_pika.abc import AbstractChannel, DeliveryMode, HeadersType
 from aiohttp import web
 from notifier.main import NotifierService, build
 from shared.db.models import Conversation, Generation, User, WebhookEndpoint
-from shared.messages import GenerationSnapshot, LifecycleEvent
+from shared.messages import GenerationSnapshot, LifecycleEvent, WebhookDeliveryRequested
 from shared.schemas import GenerationParams
 from shared.settings import Settings, load_settings
 from shared.state_machine import Event, Status
-from shared.topology import DELAY_QUEUES, EVENTS, NOTIFIER_DELIVERIES, NOTIFIER_EVENTS, declare
+from shared.topology import (
+    COMMANDS,
+    DELAY_QUEUES,
+    EVENTS,
+    NOTIFIER_DELIVERIES,
+    NOTIFIER_EVENTS,
+    WEBHOOK_DELIVERY_KEY,
+    declare,
+)
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tests.support import free_port
@@ -69,6 +77,19 @@ class World:
         async with self.sessions() as session, session.begin():
             session.add(row)
         return row
+
+    async def endpoint_row(self, endpoint_id: uuid.UUID) -> WebhookEndpoint:
+        async with self.sessions() as session:
+            row = await session.get(WebhookEndpoint, endpoint_id)
+        assert row is not None
+        return row
+
+    async def set_endpoint(self, endpoint_id: uuid.UUID, **values: object) -> None:
+        async with self.sessions() as session, session.begin():
+            row = await session.get(WebhookEndpoint, endpoint_id)
+            assert row is not None
+            for key, value in values.items():
+                setattr(row, key, value)
 
     async def another_generation(self, conversation: bool = True) -> Generation:
         gen = Generation(
@@ -118,6 +139,11 @@ def lifecycle(gen: Generation, event: Event, status: Status, **snapshot: Any) ->
     )
 
 
+def cancelled(gen: Generation) -> LifecycleEvent:
+    """The event the orchestrator would publish for `gen` being cancelled."""
+    return lifecycle(gen, Event.CANCELLED, Status.CANCELLED)
+
+
 # --- the broker -------------------------------------------------------------------------------
 
 
@@ -161,6 +187,30 @@ def publish(channel: AbstractChannel) -> Publish:
             mandatory=True,
         )
         return message_id
+
+    return send
+
+
+SendCommand = Callable[[WebhookDeliveryRequested], Awaitable[None]]
+
+
+@pytest.fixture
+def send_command(channel: AbstractChannel) -> SendCommand:
+    """Put a webhook delivery command on the commands exchange, as the notifier (a retry) or
+    the API (a manual redelivery) would."""
+
+    async def send(command: WebhookDeliveryRequested) -> None:
+        exchange = await channel.get_exchange(COMMANDS)
+        await exchange.publish(
+            aio_pika.Message(
+                command.model_dump_json().encode(),
+                message_id=str(uuid.uuid4()),
+                type=command.TYPE,
+                delivery_mode=DeliveryMode.PERSISTENT,
+            ),
+            routing_key=WEBHOOK_DELIVERY_KEY,
+            mandatory=True,
+        )
 
     return send
 

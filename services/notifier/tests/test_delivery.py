@@ -8,19 +8,16 @@ import uuid
 from collections.abc import Awaitable, Callable, Sized
 from datetime import UTC, datetime, timedelta
 
-import aio_pika
-from aio_pika.abc import DeliveryMode
 from shared.db.models import ChatMessage, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from shared.messages import WebhookDeliveryRequested
 from shared.state_machine import Event, Status
-from shared.topology import COMMANDS, WEBHOOK_DELIVERY_KEY
 from sqlalchemy import select
 from sqlmodel import col
 from standardwebhooks import Webhook
 
 from tests.support import free_port
 
-from .conftest import World, eventually, lifecycle
+from .conftest import SendCommand, World, cancelled, eventually, lifecycle
 from .test_events import NEXTJS_VERIFIER, completed
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -55,16 +52,19 @@ def finished(
     return check
 
 
+async def settled(world: World) -> WebhookDelivery:
+    """The one delivery, once it is no longer pending."""
+    (delivery,) = await eventually(finished(world), within=30)
+    return delivery
+
+
 async def test_a_receiver_failing_twice_gets_the_same_webhook_id_three_times(
     world: World, notifier, receivers, publish
 ) -> None:
     nextjs = await receivers(script=[500, 503])
     await notifier(NEXTJS_URL=nextjs.base, WEBHOOK_RETRY_SCHEDULE="1,1")
-    await publish(
-        lifecycle(world.generation, Event.CANCELLED, Status.CANCELLED),
-        headers={"traceparent": TRACEPARENT},
-    )
-    (delivery,) = await eventually(finished(world), within=30)
+    await publish(cancelled(world.generation), headers={"traceparent": TRACEPARENT})
+    delivery = await settled(world)
     assert delivery.status == "succeeded" and delivery.next_attempt_at is None
 
     assert len(nextjs.hits) == 3
@@ -94,8 +94,8 @@ async def test_retry_after_longer_than_the_schedule_is_honoured(
 ) -> None:
     nextjs = await receivers(script=[(429, {"Retry-After": "3"})])
     await notifier(NEXTJS_URL=nextjs.base, WEBHOOK_RETRY_SCHEDULE="1")
-    await publish(lifecycle(world.generation, Event.CANCELLED, Status.CANCELLED))
-    (delivery,) = await eventually(finished(world), within=30)
+    await publish(cancelled(world.generation))
+    delivery = await settled(world)
     assert delivery.status == "succeeded"
     first, second = nextjs.hits
     assert second.at - first.at >= 3.0
@@ -133,7 +133,7 @@ async def test_an_unreachable_nextjs_loses_nothing_and_blocks_nothing(
     assert [d.status for d in others] == ["succeeded", "succeeded"]
 
     # And events keep flowing after the failures.
-    await publish(lifecycle(await world.another_generation(), Event.CANCELLED, Status.CANCELLED))
+    await publish(cancelled(await world.another_generation()))
     await eventually(lambda: _count(endpoint.hits, 3))
 
 
@@ -153,8 +153,8 @@ async def test_a_redirect_is_not_followed_and_counts_as_a_failure(
     nextjs = await receivers(status=302)
     nextjs.script = [(302, {"Location": elsewhere.url})] * 2
     await notifier(NEXTJS_URL=nextjs.base, WEBHOOK_RETRY_SCHEDULE="1")
-    await publish(lifecycle(world.generation, Event.CANCELLED, Status.CANCELLED))
-    (delivery,) = await eventually(finished(world), within=30)
+    await publish(cancelled(world.generation))
+    delivery = await settled(world)
     assert delivery.status == "failed"
     assert [a.status_code for a in await attempts(world, delivery.id)] == [302, 302]
     assert elsewhere.hits == []
@@ -166,19 +166,18 @@ async def test_410_disables_the_endpoint_and_ends_the_delivery(
     gone = await receivers(status=410)
     endpoint = await world.endpoint(gone.url)
     await notifier(WEBHOOK_RETRY_SCHEDULE="1,1")
-    await publish(lifecycle(world.generation, Event.CANCELLED, Status.CANCELLED))
-    (delivery,) = await eventually(finished(world), within=30)
+    await publish(cancelled(world.generation))
+    delivery = await settled(world)
     assert delivery.status == "failed"
     assert [a.status_code for a in await attempts(world, delivery.id)] == [410]
-    async with world.sessions() as session:
-        row = await session.get(WebhookEndpoint, endpoint.id)
-    assert row is not None and row.status == "disabled"
+    row = await world.endpoint_row(endpoint.id)
+    assert row.status == "disabled"
     assert "410" in (row.disabled_reason or "")
 
     # A disabled endpoint gets no more deliveries.
     marker = await receivers()
     await world.endpoint(marker.url)
-    await publish(lifecycle(await world.another_generation(), Event.CANCELLED, Status.CANCELLED))
+    await publish(cancelled(await world.another_generation()))
     await eventually(lambda: _count(marker.hits, 1))
     assert len(gone.hits) == 1
     assert len(await deliveries(world, str(endpoint.id))) == 1
@@ -193,7 +192,7 @@ async def test_a_slow_receiver_is_cut_at_the_timeout_and_delays_no_one(
     await notifier(NEXTJS_URL=fast.base, WEBHOOK_TIMEOUT_SECONDS="1", WEBHOOK_RETRY_SCHEDULE="1")
     for _ in range(3):
         gen = await world.another_generation()
-        await publish(lifecycle(gen, Event.CANCELLED, Status.CANCELLED))
+        await publish(cancelled(gen))
 
     await eventually(lambda: _count(fast.hits, 3))
     await eventually(lambda: _count(slow.cut, 3))
@@ -227,7 +226,7 @@ async def test_endpoints_on_private_addresses_are_refused_unless_allowed(
     await notifier(
         NEXTJS_URL=nextjs.base, WEBHOOK_ALLOW_PRIVATE_NETWORKS="false", WEBHOOK_RETRY_SCHEDULE="1"
     )
-    await publish(lifecycle(world.generation, Event.CANCELLED, Status.CANCELLED))
+    await publish(cancelled(world.generation))
     rows = await eventually(finished(world, count=5), within=30)
     by_url = {d.url: d for d in rows}
     assert by_url[nextjs.base + "/api/webhooks/worker"].status == "succeeded"
@@ -249,13 +248,10 @@ async def test_an_endpoint_with_a_rotated_secret_is_signed_with_the_current_one(
     receiver = await receivers(script=[500])
     endpoint = await world.endpoint(receiver.url)
     await notifier(WEBHOOK_RETRY_SCHEDULE="1")
-    await publish(lifecycle(world.generation, Event.CANCELLED, Status.CANCELLED))
+    await publish(cancelled(world.generation))
     await eventually(lambda: _count(receiver.hits, 1))
     rotated = "whsec_" + "c2VjcmV0LXJvdGF0ZWQtZm9yLXRoZS10ZXN0"
-    async with world.sessions() as session, session.begin():
-        row = await session.get(WebhookEndpoint, endpoint.id)
-        assert row is not None
-        row.secret = rotated
+    await world.set_endpoint(endpoint.id, secret=rotated)
     await eventually(finished(world), within=30)
     first, retry = receiver.hits
     Webhook(endpoint.secret).verify(first.body, first.headers)
@@ -268,13 +264,13 @@ async def test_a_restarted_notifier_still_makes_the_retry_once(
 ) -> None:
     nextjs = await receivers(script=[500])
     first = await notifier(NEXTJS_URL=nextjs.base, WEBHOOK_RETRY_SCHEDULE="2")
-    await publish(lifecycle(world.generation, Event.CANCELLED, Status.CANCELLED))
+    await publish(cancelled(world.generation))
     await eventually(lambda: _count(nextjs.hits, 1))
     (pending,) = await deliveries(world)
     await eventually(lambda: _attempted(world, pending.id, 1))
     await first.stop()  # the retry now waits in a delay queue, with nobody running
     await notifier(NEXTJS_URL=nextjs.base, WEBHOOK_RETRY_SCHEDULE="2")
-    (delivery,) = await eventually(finished(world), within=30)
+    delivery = await settled(world)
     assert delivery.status == "succeeded"
     assert [a.status_code for a in await attempts(world, delivery.id)] == [500, 200]
     assert len(nextjs.hits) == 2
@@ -285,30 +281,21 @@ async def _attempted(world: World, delivery_id: uuid.UUID, n: int) -> bool:
 
 
 async def test_a_stale_copy_of_a_delivery_command_makes_no_extra_call(
-    world: World, notifier, receivers, publish, channel
+    world: World, notifier, receivers, publish, send_command: SendCommand
 ) -> None:
     nextjs = await receivers(script=[500])
     await notifier(NEXTJS_URL=nextjs.base, WEBHOOK_RETRY_SCHEDULE="2")
-    await publish(lifecycle(world.generation, Event.CANCELLED, Status.CANCELLED))
+    await publish(cancelled(world.generation))
     await eventually(lambda: _count(nextjs.hits, 1))
     (delivery,) = await deliveries(world)
     await eventually(lambda: _attempted(world, delivery.id, 1))
     # While the retry waits, a copy of the first attempt's command turns up again.
-    command = WebhookDeliveryRequested(
-        generation_id=world.generation.id, delivery_id=delivery.id, attempt=1
+    await send_command(
+        WebhookDeliveryRequested(
+            generation_id=world.generation.id, delivery_id=delivery.id, attempt=1
+        )
     )
-    exchange = await channel.get_exchange(COMMANDS)
-    await exchange.publish(
-        aio_pika.Message(
-            command.model_dump_json().encode(),
-            message_id=str(uuid.uuid4()),
-            type=command.TYPE,
-            delivery_mode=DeliveryMode.PERSISTENT,
-        ),
-        routing_key=WEBHOOK_DELIVERY_KEY,
-        mandatory=True,
-    )
-    (done,) = await eventually(finished(world), within=30)
+    done = await settled(world)
     assert done.status == "succeeded"
     assert [a.status_code for a in await attempts(world, delivery.id)] == [500, 200]
     assert len(nextjs.hits) == 2
@@ -333,7 +320,7 @@ async def test_a_delivery_whose_lease_ran_out_is_taken_up_and_made_once(
     async with world.sessions() as session, session.begin():
         session.add(row)
     await notifier(NEXTJS_URL=nextjs.base)
-    (delivery,) = await eventually(finished(world), within=30)
+    delivery = await settled(world)
     assert delivery.status == "succeeded" and delivery.next_attempt_at is None
     assert [a.status_code for a in await attempts(world, row.id)] == [200]
     (hit,) = nextjs.hits

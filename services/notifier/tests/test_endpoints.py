@@ -4,39 +4,19 @@ manual redeliveries, per-endpoint isolation, and the SSRF guard on every path an
 from __future__ import annotations
 
 import socket
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aio_pika
-from aio_pika.abc import AbstractChannel, DeliveryMode
 from notifier.main import NotifierService
 from shared.db.models import WebhookDelivery, WebhookEndpoint
 from shared.messages import WebhookDeliveryRequested
-from shared.state_machine import Event, Status
-from shared.topology import COMMANDS, WEBHOOK_DELIVERY_KEY
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from .conftest import Receiver, World, eventually, lifecycle
-from .test_delivery import attempts, deliveries, finished
+from .conftest import Receiver, SendCommand, World, cancelled, eventually
+from .test_delivery import attempts, deliveries, finished, settled
 
 OLD = "whsec_" + "b2xkLXNlY3JldC1mb3ItdGhlLWdyYWNlLXRlc3Q="
-
-
-async def endpoint_row(world: World, endpoint_id: uuid.UUID) -> WebhookEndpoint:
-    async with world.sessions() as session:
-        row = await session.get(WebhookEndpoint, endpoint_id)
-    assert row is not None
-    return row
-
-
-async def set_endpoint(world: World, endpoint_id: uuid.UUID, **values: object) -> None:
-    async with world.sessions() as session, session.begin():
-        row = await session.get(WebhookEndpoint, endpoint_id)
-        assert row is not None
-        for key, value in values.items():
-            setattr(row, key, value)
 
 
 def verifies(secret: str, hit: object) -> bool:
@@ -52,21 +32,20 @@ async def test_during_the_grace_period_the_old_and_new_secrets_both_verify(
 ) -> None:
     receiver = await receivers()
     endpoint = await world.endpoint(receiver.url)
-    await set_endpoint(
-        world,
+    await world.set_endpoint(
         endpoint.id,
         previous_secret=OLD,
         previous_secret_expires_at=datetime.now(UTC) + timedelta(hours=1),
     )
     await notifier()
-    await publish(lifecycle(world.generation, Event.CANCELLED, Status.CANCELLED))
+    await publish(cancelled(world.generation))
     (hit,) = await eventually(lambda: _hits(receiver, 1))
     assert len(hit.headers["webhook-signature"].split(" ")) == 2
     assert verifies(endpoint.secret, hit) and verifies(OLD, hit)
 
     # Once the grace period is over, only the new secret signs.
-    await set_endpoint(world, endpoint.id, previous_secret_expires_at=datetime.now(UTC))
-    await publish(lifecycle(await world.another_generation(), Event.CANCELLED, Status.CANCELLED))
+    await world.set_endpoint(endpoint.id, previous_secret_expires_at=datetime.now(UTC))
+    await publish(cancelled(await world.another_generation()))
     _, later = await eventually(lambda: _hits(receiver, 2))
     assert len(later.headers["webhook-signature"].split(" ")) == 1
     assert verifies(endpoint.secret, later) and not verifies(OLD, later)
@@ -82,17 +61,17 @@ async def test_an_endpoint_failing_for_the_whole_period_is_disabled(
     failing = await receivers(status=500)
     endpoint = await world.endpoint(failing.url)
     await notifier(WEBHOOK_RETRY_SCHEDULE="1,1,1,1,1", WEBHOOK_DISABLE_AFTER_SECONDS="2")
-    await publish(lifecycle(world.generation, Event.CANCELLED, Status.CANCELLED))
+    await publish(cancelled(world.generation))
 
     async def disabled() -> WebhookEndpoint | None:
-        row = await endpoint_row(world, endpoint.id)
+        row = await world.endpoint_row(endpoint.id)
         return row if row.status == "disabled" else None
 
     row = await eventually(disabled, within=30)
     assert row.disabled_reason and row.disabled_reason.startswith("Every attempt failed from")
     # The attempt that found the streak two seconds long disabled it; the retry after it
     # finds the endpoint disabled and ends the delivery.
-    (delivery,) = await eventually(finished(world), within=30)
+    delivery = await settled(world)
     assert delivery.status == "failed"
     log = await attempts(world, delivery.id)
     assert 3 <= len(log) < 6 and all(a.status_code == 500 for a in log)
@@ -105,15 +84,15 @@ async def test_a_success_ends_the_failure_streak(
     receiver = await receivers(script=[500])
     endpoint = await world.endpoint(receiver.url)
     await notifier(WEBHOOK_RETRY_SCHEDULE="1")
-    await publish(lifecycle(world.generation, Event.CANCELLED, Status.CANCELLED))
+    await publish(cancelled(world.generation))
 
     async def streak_started() -> bool:
-        return (await endpoint_row(world, endpoint.id)).failing_since is not None
+        return (await world.endpoint_row(endpoint.id)).failing_since is not None
 
     await eventually(streak_started)
-    (delivery,) = await eventually(finished(world), within=30)
+    delivery = await settled(world)
     assert delivery.status == "succeeded"
-    row = await endpoint_row(world, endpoint.id)
+    row = await world.endpoint_row(endpoint.id)
     assert row.failing_since is None and row.status == "active"
 
 
@@ -123,26 +102,12 @@ async def test_a_deleted_endpoint_gets_no_more_attempts(
     receiver = await receivers(status=500)
     endpoint = await world.endpoint(receiver.url)
     await notifier(WEBHOOK_RETRY_SCHEDULE="2")
-    await publish(lifecycle(world.generation, Event.CANCELLED, Status.CANCELLED))
+    await publish(cancelled(world.generation))
     await eventually(lambda: _hits(receiver, 1))
-    await set_endpoint(world, endpoint.id, status="deleted")
-    (delivery,) = await eventually(finished(world), within=30)
+    await world.set_endpoint(endpoint.id, status="deleted")
+    delivery = await settled(world)
     assert delivery.status == "failed"
     assert len(await attempts(world, delivery.id)) == 1 and len(receiver.hits) == 1
-
-
-async def send_command(channel: AbstractChannel, command: WebhookDeliveryRequested) -> None:
-    exchange = await channel.get_exchange(COMMANDS)
-    await exchange.publish(
-        aio_pika.Message(
-            command.model_dump_json().encode(),
-            message_id=str(uuid.uuid4()),
-            type=command.TYPE,
-            delivery_mode=DeliveryMode.PERSISTENT,
-        ),
-        routing_key=WEBHOOK_DELIVERY_KEY,
-        mandatory=True,
-    )
 
 
 async def reopen(world: World, delivery: WebhookDelivery) -> WebhookDeliveryRequested:
@@ -158,20 +123,20 @@ async def reopen(world: World, delivery: WebhookDelivery) -> WebhookDeliveryRequ
 
 
 async def test_a_manual_redelivery_is_one_attempt_of_the_same_message(
-    world: World, notifier, receivers, publish, channel
+    world: World, notifier, receivers, publish, send_command: SendCommand
 ) -> None:
     receiver = await receivers(script=[500, 500, 503])
     endpoint = await world.endpoint(receiver.url)
     await notifier(WEBHOOK_RETRY_SCHEDULE="1")
-    await publish(lifecycle(world.generation, Event.CANCELLED, Status.CANCELLED))
-    (delivery,) = await eventually(finished(world), within=30)
+    await publish(cancelled(world.generation))
+    delivery = await settled(world)
     assert delivery.status == "failed"
 
     command = await reopen(world, delivery)
-    await send_command(channel, command)
-    await send_command(channel, command)  # a copy of it at the same time: no second call
-    (again,) = await eventually(finished(world), within=30)
-    await send_command(channel, command)  # and a late one: stale
+    await send_command(command)
+    await send_command(command)  # a copy of it at the same time: no second call
+    again = await settled(world)
+    await send_command(command)  # and a late one: stale
     # 503 once more: the manual attempt fails, and is not retried on the schedule.
     assert again.status == "failed"
     log = await attempts(world, delivery.id)
@@ -181,8 +146,8 @@ async def test_a_manual_redelivery_is_one_attempt_of_the_same_message(
     for hit in receiver.hits:
         Webhook(endpoint.secret).verify(hit.body, hit.headers)
 
-    await send_command(channel, await reopen(world, again))
-    (done,) = await eventually(finished(world), within=30)
+    await send_command(await reopen(world, again))
+    done = await settled(world)
     assert done.status == "succeeded" and len(receiver.hits) == 4
 
 
@@ -200,7 +165,7 @@ async def test_a_slow_endpoint_holds_at_most_its_share_and_delays_no_one(
     )
     for _ in range(8):
         gen = await world.another_generation()
-        await publish(lifecycle(gen, Event.CANCELLED, Status.CANCELLED))
+        await publish(cancelled(gen))
 
     await eventually(lambda: _hits(fast, 8), within=10)
     await eventually(lambda: _cut(slow, 1), within=10)
@@ -242,7 +207,7 @@ def refused(error: str | None) -> bool:
 
 
 async def test_every_path_to_an_internal_address_is_refused(
-    world: World, notifier, receivers, publish, channel
+    world: World, notifier, receivers, publish, send_command: SendCommand
 ) -> None:
     """Private networks not allowed: first attempts, retries and manual redeliveries all
     connect through the guard, whatever the URL looks like."""
@@ -256,14 +221,14 @@ async def test_every_path_to_an_internal_address_is_refused(
     for url in urls:
         await world.endpoint(url)
     await notifier(WEBHOOK_ALLOW_PRIVATE_NETWORKS="false", WEBHOOK_RETRY_SCHEDULE="1")
-    await publish(lifecycle(world.generation, Event.CANCELLED, Status.CANCELLED))
+    await publish(cancelled(world.generation))
     rows = await eventually(finished(world, count=len(urls)), within=30)
     for delivery in rows:
         log = await attempts(world, delivery.id)
         assert len(log) == 2, delivery.url
         # aiohttp itself refuses the legacy `127.1` form; the guard refuses the rest.
         assert all(a.status_code is None and refused(a.error) for a in log), log
-        await send_command(channel, await reopen(world, delivery))
+        await send_command(await reopen(world, delivery))
     rows = await eventually(finished(world, count=len(urls)), within=30)
     for delivery in rows:
         log = await attempts(world, delivery.id)
@@ -283,8 +248,8 @@ async def test_a_redirect_to_an_internal_address_is_never_followed(
     await world.endpoint(redirecting.url)
     # Private networks allowed only so the test can reach its loopback receiver at all.
     await notifier(WEBHOOK_RETRY_SCHEDULE="1")
-    await publish(lifecycle(world.generation, Event.CANCELLED, Status.CANCELLED))
-    (delivery,) = await eventually(finished(world), within=30)
+    await publish(cancelled(world.generation))
+    delivery = await settled(world)
     assert delivery.status == "failed"
     assert [a.status_code for a in await attempts(world, delivery.id)] == [302, 307]
     assert internal.hits == []
