@@ -3,15 +3,20 @@ and vhost, driven in-process through httpx's ASGI transport."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from api.app import create_app
 from fastapi import FastAPI
+from pydantic import SecretStr
+from shared.media import thumbnail_key, video_key
 from shared.settings import Settings
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -41,6 +46,18 @@ def asgi_client(application: FastAPI) -> httpx.AsyncClient:
 @pytest.fixture(scope="session")
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with asgi_client(app) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+async def veo_client(prepared: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API with the Veo provider configured. It never calls Veo; it only checks requests
+    against the configured provider (its models and prices)."""
+    cfg = prepared.model_copy(
+        update={"video_provider": "veo", "gemini_api_key": SecretStr("not-used")}
+    )
+    application = create_app(cfg)
+    async with application.router.lifespan_context(application), asgi_client(application) as c:
         yield c
 
 
@@ -98,6 +115,36 @@ def set_row(
     return update
 
 
+CompleteWithMedia = Callable[[str, str, bytes, bytes], Awaitable[None]]
+
+
+@pytest.fixture
+def complete_with_media(
+    set_row: Callable[..., Awaitable[None]], prepared: Settings
+) -> CompleteWithMedia:
+    """`await complete_with_media(user_id, generation_id, video, thumbnail)`: the generation
+    completed as the worker would leave it, its video and thumbnail in local storage."""
+
+    async def complete(user_id: str, generation_id: str, video: bytes, thumbnail: bytes) -> None:
+        uid, gid = uuid.UUID(user_id), uuid.UUID(generation_id)
+        root = Path(prepared.local_storage_dir)
+        for key, data in ((video_key(uid, gid), video), (thumbnail_key(uid, gid), thumbnail)):
+            (root / key).parent.mkdir(parents=True, exist_ok=True)
+            (root / key).write_bytes(data)
+        result = {
+            "video_key": video_key(uid, gid),
+            "thumbnail_key": thumbnail_key(uid, gid),
+            "duration_seconds": 4.0,
+            "file_size_bytes": len(video),
+            "resolution": "1280x720",
+            "format": "mp4",
+            "processing_time_ms": 1000,
+        }
+        await set_row(generation_id, status="completed", result=result, version=6)
+
+    return complete
+
+
 @pytest.fixture
 def row(sessions: async_sessionmaker[AsyncSession]) -> Callable[[str], Awaitable[dict[str, Any]]]:
     async def read(generation_id: str) -> dict[str, Any]:
@@ -135,6 +182,54 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     assert isinstance(body["title"], str) and body["title"]
     assert isinstance(body["detail"], str) and body["detail"]
     return body
+
+
+async def _wait_ready(base: str, proc: asyncio.subprocess.Process, within: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    async with httpx.AsyncClient(base_url=base) as http:
+        while asyncio.get_running_loop().time() < deadline:
+            assert proc.returncode is None, "the API process exited"
+            try:
+                if (await http.get("/readyz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.2)
+    raise AssertionError("the API did not become ready")
+
+
+ServeApi = Callable[..., Awaitable[tuple[asyncio.subprocess.Process, str]]]
+
+
+@pytest.fixture
+async def serve_api(
+    env: dict[str, str], clean_db: None, reelflow_bin: str
+) -> AsyncIterator[ServeApi]:
+    """`proc, base = await serve_api(stderr=…)`: `reelflow api` as a process of its own on a free
+    port, once it is ready; killed at the end of the test if it is still running."""
+    started: list[asyncio.subprocess.Process] = []
+
+    async def start(
+        stderr: int = asyncio.subprocess.DEVNULL,
+    ) -> tuple[asyncio.subprocess.Process, str]:
+        port = free_port()
+        proc = await asyncio.create_subprocess_exec(
+            reelflow_bin,
+            "api",
+            env={**os.environ, **env, "API_PORT": str(port)},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        started.append(proc)
+        base = f"http://127.0.0.1:{port}"
+        await _wait_ready(base, proc)
+        return proc, base
+
+    yield start
+    for proc in started:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 @pytest.fixture

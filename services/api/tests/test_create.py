@@ -5,20 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
 import httpx
 import pytest
-from api.app import create_app
-from pydantic import SecretStr
 from shared.settings import Settings
 from shared.topology import EVENTS
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
-from .conftest import asgi_client
 
 Problem = Callable[[httpx.Response, int], dict[str, Any]]
 PROMPT = "a red fox running through fresh snow at dawn"
@@ -295,17 +291,6 @@ async def test_a_255_character_key_is_accepted(
 
 
 # --- with the Veo provider configured: models and prices ---------------------------------
-
-
-@pytest.fixture(scope="module")
-async def veo_client(prepared: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    # The API never calls Veo; it only checks requests against the configured provider.
-    cfg = prepared.model_copy(
-        update={"video_provider": "veo", "gemini_api_key": SecretStr("not-used")}
-    )
-    app = create_app(cfg)
-    async with app.router.lifespan_context(app), asgi_client(app) as c:
-        yield c
 
 
 async def test_unknown_model_is_a_422_with_veo(

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from shared.media import LinkSigner, thumbnail_key, video_key
+from shared.media import LinkSigner
 from shared.settings import Settings
+
+from .conftest import CompleteWithMedia
 
 Problem = Callable[[httpx.Response, int], dict[str, Any]]
 
@@ -23,27 +23,12 @@ JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 100 + b"\xff\xd9"
 @pytest.fixture
 async def completed(
     create: Callable[..., Awaitable[dict[str, Any]]],
-    set_row: Callable[..., Awaitable[None]],
+    complete_with_media: CompleteWithMedia,
     client: httpx.AsyncClient,
     user: dict[str, Any],
-    prepared: Settings,
 ) -> dict[str, Any]:
     gen = await create("a fox")
-    uid, gid = uuid.UUID(user["id"]), uuid.UUID(gen["id"])
-    root = Path(prepared.local_storage_dir)
-    for key, data in ((video_key(uid, gid), VIDEO), (thumbnail_key(uid, gid), JPEG)):
-        (root / key).parent.mkdir(parents=True, exist_ok=True)
-        (root / key).write_bytes(data)
-    result = {
-        "video_key": video_key(uid, gid),
-        "thumbnail_key": thumbnail_key(uid, gid),
-        "duration_seconds": 4.0,
-        "file_size_bytes": len(VIDEO),
-        "resolution": "1280x720",
-        "format": "mp4",
-        "processing_time_ms": 1000,
-    }
-    await set_row(gen["id"], status="completed", result=result, version=6)
+    await complete_with_media(user["id"], gen["id"], VIDEO, JPEG)
     r = await client.get(f"/v1/generations/{gen['id']}", headers=user["headers"])
     return r.json()["result"]
 

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
 from api import fastpath
-from api.app import create_app
-from pydantic import SecretStr
 from shared.domain.clarifier import ASPECT, DETAIL, DURATION
 from shared.settings import Settings
-
-from .conftest import asgi_client
 
 Problem = Callable[[httpx.Response, int], dict[str, Any]]
 Create = Callable[..., Awaitable[dict[str, Any]]]
@@ -27,24 +23,39 @@ ALL_QUESTIONS = [q.model_dump(mode="json") for q in (ASPECT, DURATION, DETAIL)]
 ANSWERS = {"aspect_ratio": "9:16", "duration_seconds": 8, "detail": "slow motion, golden light"}
 
 
-async def _asked(create: Create, set_row: SetRow, **body: Any) -> dict[str, Any]:
-    """A generation the orchestrator has asked its questions about."""
-    gen = await create("a fox", **body)
-    await set_row(gen["id"], questions=ALL_QUESTIONS, version=2)
-    return gen
+Asked = Callable[..., Awaitable[dict[str, Any]]]
+Move = Callable[..., Awaitable[httpx.Response]]
+
+
+@pytest.fixture
+def asked(create: Create, set_row: SetRow) -> Asked:
+    """`await asked(**body)`: a generation the orchestrator has asked its questions about."""
+
+    async def make(**body: Any) -> dict[str, Any]:
+        gen = await create("a fox", **body)
+        await set_row(gen["id"], questions=ALL_QUESTIONS, version=2)
+        return gen
+
+    return make
+
+
+@pytest.fixture
+def move(client: httpx.AsyncClient, user: dict[str, Any]) -> Move:
+    """`await move(gen, "answers", body)`: the user's POST of a move (answers, confirm, cancel)
+    on a generation; no body unless given."""
+
+    async def post(gen: dict[str, Any], action: str, body: Any = None) -> httpx.Response:
+        url = f"/v1/generations/{gen['id']}/{action}"
+        return await client.post(url, json=body, headers=user["headers"])
+
+    return post
 
 
 async def test_answers_complete_the_spec_and_await_confirmation(
-    client: httpx.AsyncClient,
-    user: dict[str, Any],
-    create: Create,
-    set_row: SetRow,
-    outbox: Outbox,
+    asked: Asked, move: Move, outbox: Outbox
 ) -> None:
-    gen = await _asked(create, set_row)
-    r = await client.post(
-        f"/v1/generations/{gen['id']}/answers", json={"answers": ANSWERS}, headers=user["headers"]
-    )
+    gen = await asked()
+    r = await move(gen, "answers", {"answers": ANSWERS})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["status"] == "pending_confirmation"
@@ -65,18 +76,16 @@ async def test_answers_complete_the_spec_and_await_confirmation(
         ("generation.lifecycle", "generation.awaiting_confirmation"),
     ]
 
-    r = await client.post(f"/v1/generations/{gen['id']}/confirm", headers=user["headers"])
+    r = await move(gen, "confirm")
     assert r.status_code == 200 and r.json()["status"] == "confirmed"
     assert (await outbox(gen["id"]))[-1]["routing_key"] == "generation.confirmed"
 
 
 async def test_answers_with_auto_confirm_go_straight_to_confirmed(
-    client: httpx.AsyncClient, user: dict[str, Any], create: Create, set_row: SetRow, outbox: Outbox
+    asked: Asked, move: Move, outbox: Outbox
 ) -> None:
-    gen = await _asked(create, set_row, auto_confirm=True)
-    r = await client.post(
-        f"/v1/generations/{gen['id']}/answers", json={"answers": ANSWERS}, headers=user["headers"]
-    )
+    gen = await asked(auto_confirm=True)
+    r = await move(gen, "answers", {"answers": ANSWERS})
     assert r.status_code == 200 and r.json()["status"] == "confirmed"
     assert (await outbox(gen["id"]))[-1]["routing_key"] == "generation.confirmed"
 
@@ -97,19 +106,10 @@ async def test_answers_with_auto_confirm_go_straight_to_confirmed(
     ],
 )
 async def test_bad_answers_are_a_422_per_question_and_change_nothing(
-    client: httpx.AsyncClient,
-    user: dict[str, Any],
-    create: Create,
-    set_row: SetRow,
-    row: Row,
-    problem: Problem,
-    answers: dict[str, Any],
-    bad: str,
+    asked: Asked, move: Move, row: Row, problem: Problem, answers: dict[str, Any], bad: str
 ) -> None:
-    gen = await _asked(create, set_row)
-    r = await client.post(
-        f"/v1/generations/{gen['id']}/answers", json={"answers": answers}, headers=user["headers"]
-    )
+    gen = await asked()
+    r = await move(gen, "answers", {"answers": answers})
     errors = problem(r, 422)["errors"]
     assert any(e["field"].startswith(bad) for e in errors), errors
     after = await row(gen["id"])
@@ -119,27 +119,18 @@ async def test_bad_answers_are_a_422_per_question_and_change_nothing(
 
 @pytest.mark.parametrize("body", [{}, {"answers": []}, {"answers": "9:16"}, {"answers": None}])
 async def test_answers_body_must_be_an_object_of_answers(
-    client: httpx.AsyncClient,
-    user: dict[str, Any],
-    create: Create,
-    set_row: SetRow,
-    problem: Problem,
-    body: dict[str, Any],
+    asked: Asked, move: Move, problem: Problem, body: dict[str, Any]
 ) -> None:
-    gen = await _asked(create, set_row)
-    r = await client.post(
-        f"/v1/generations/{gen['id']}/answers", json=body, headers=user["headers"]
-    )
+    gen = await asked()
+    r = await move(gen, "answers", body)
     assert problem(r, 422)["errors"][0]["field"] == "answers"
 
 
 async def test_answers_before_any_question_is_asked_is_a_409(
-    client: httpx.AsyncClient, user: dict[str, Any], create: Create, problem: Problem
+    create: Create, move: Move, problem: Problem
 ) -> None:
     gen = await create("a fox")
-    r = await client.post(
-        f"/v1/generations/{gen['id']}/answers", json={"answers": ANSWERS}, headers=user["headers"]
-    )
+    r = await move(gen, "answers", {"answers": ANSWERS})
     assert problem(r, 409)["current_status"] == "pending_clarification"
 
 
@@ -163,8 +154,7 @@ ILLEGAL = [
 
 @pytest.mark.parametrize(("status", "action"), ILLEGAL)
 async def test_an_illegal_move_is_a_409_and_changes_nothing(
-    client: httpx.AsyncClient,
-    user: dict[str, Any],
+    move: Move,
     create: Create,
     set_row: SetRow,
     row: Row,
@@ -178,10 +168,7 @@ async def test_an_illegal_move_is_a_409_and_changes_nothing(
     before = await row(gen["id"])
     messages_before = len(await outbox(gen["id"]))
     body = {"answers": ANSWERS} if action == "answers" else None
-    r = await client.post(
-        f"/v1/generations/{gen['id']}/{action}", json=body, headers=user["headers"]
-    )
-    doc = problem(r, 409)
+    doc = problem(await move(gen, action, body), 409)
     assert doc["current_status"] == status and status in doc["detail"]
     assert await row(gen["id"]) == before
     assert len(await outbox(gen["id"])) == messages_before
@@ -191,8 +178,7 @@ async def test_an_illegal_move_is_a_409_and_changes_nothing(
     "status", ["pending_clarification", "pending_confirmation", "confirmed", "processing"]
 )
 async def test_cancel_from_any_live_status(
-    client: httpx.AsyncClient,
-    user: dict[str, Any],
+    move: Move,
     create: Create,
     set_row: SetRow,
     row: Row,
@@ -201,7 +187,7 @@ async def test_cancel_from_any_live_status(
 ) -> None:
     gen = await create("a fox")
     await set_row(gen["id"], status=status, version=4)
-    r = await client.post(f"/v1/generations/{gen['id']}/cancel", headers=user["headers"])
+    r = await move(gen, "cancel")
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     assert (await row(gen["id"]))["version"] == 5
     assert (await outbox(gen["id"]))[-1]["routing_key"] == "generation.cancelled"
@@ -209,14 +195,12 @@ async def test_cancel_from_any_live_status(
 
 async def test_another_users_generation_is_a_404_everywhere(
     client: httpx.AsyncClient,
-    create: Create,
-    set_row: SetRow,
+    asked: Asked,
     row: Row,
     make_user: Callable[[str], Awaitable[dict[str, Any]]],
     problem: Problem,
 ) -> None:
-    gen = await create("a fox")
-    await set_row(gen["id"], questions=ALL_QUESTIONS, version=2)
+    gen = await asked()
     mallory = (await make_user("mallory"))["headers"]
     gid = gen["id"]
     for method, path, body in (
@@ -373,16 +357,6 @@ async def test_progress_and_error_shapes(
 # --- with the Veo provider: a real price ---------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-async def veo_client(prepared: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    cfg = prepared.model_copy(
-        update={"video_provider": "veo", "gemini_api_key": SecretStr("not-used")}
-    )
-    app = create_app(cfg)
-    async with app.router.lifespan_context(app), asgi_client(app) as c:
-        yield c
-
-
 async def test_answers_price_the_spec_with_the_model_price_table(
     veo_client: httpx.AsyncClient,
     user: dict[str, Any],
@@ -406,8 +380,7 @@ async def test_answers_price_the_spec_with_the_model_price_table(
 
 
 async def test_concurrent_moves_apply_once(
-    client: httpx.AsyncClient,
-    user: dict[str, Any],
+    move: Move,
     create: Create,
     set_row: SetRow,
     row: Row,
@@ -415,10 +388,8 @@ async def test_concurrent_moves_apply_once(
 ) -> None:
     gen = await create("a fox")
     await set_row(gen["id"], status="pending_confirmation", version=3)
-    url = f"/v1/generations/{gen['id']}"
     responses = await asyncio.gather(
-        *(client.post(f"{url}/confirm", headers=user["headers"]) for _ in range(4)),
-        *(client.post(f"{url}/cancel", headers=user["headers"]) for _ in range(4)),
+        *(move(gen, "confirm") for _ in range(4)), *(move(gen, "cancel") for _ in range(4))
     )
     codes = sorted(r.status_code for r in responses)
     # Whatever wins first, exactly one confirm and at most one cancel (after it) succeed.

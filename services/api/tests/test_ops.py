@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,7 +14,7 @@ import pytest
 from api.app import create_app
 from shared.settings import Settings
 
-from .conftest import ADMIN_HEADERS, asgi_client, free_port
+from .conftest import ADMIN_HEADERS, ServeApi, asgi_client
 
 
 async def test_healthz_and_readyz(client: httpx.AsyncClient) -> None:
@@ -63,64 +62,36 @@ async def test_metrics_count_requests_by_route_template(
     assert "reelflow_outbox_published" in text
 
 
-async def _wait_ready(base: str, proc: asyncio.subprocess.Process, within: float = 30) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    async with httpx.AsyncClient(base_url=base) as http:
-        while asyncio.get_running_loop().time() < deadline:
-            assert proc.returncode is None, "the API process exited"
-            try:
-                if (await http.get("/readyz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.2)
-    raise AssertionError("the API did not become ready")
-
-
 async def test_serve_runs_uvicorn_and_stops_cleanly_on_sigterm(
-    prepared: Settings, env: dict[str, str], clean_db: None, reelflow_bin: str
+    prepared: Settings, serve_api: ServeApi
 ) -> None:
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        reelflow_bin,
-        "api",
-        env={**os.environ, **env, "API_PORT": str(port)},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        await _wait_ready(base, proc)
-        async with httpx.AsyncClient(base_url=base) as http:
+    proc, base = await serve_api(stderr=asyncio.subprocess.PIPE)
+    async with httpx.AsyncClient(base_url=base) as http:
 
-            async def chunks() -> AsyncIterator[bytes]:
-                yield b'{"name": "'
-                for _ in range(prepared.max_body_bytes // 1000 + 1):
-                    yield b"x" * 1000
-                yield b'"}'
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b'{"name": "'
+            for _ in range(prepared.max_body_bytes // 1000 + 1):
+                yield b"x" * 1000
+            yield b'"}'
 
-            r = await http.post("/v1/admin/users", content=chunks(), headers=ADMIN_HEADERS)
-            assert r.status_code == 413, r.text
-            assert r.headers["content-type"].startswith("application/problem+json")
-            r = await http.post("/v1/admin/users", json={"name": "sam"}, headers=ADMIN_HEADERS)
-            assert r.status_code == 201
-            key = {"Authorization": f"Bearer {r.json()['api_key']}", "X-Request-ID": "it-req-1"}
-            r = await http.post("/v1/generations", json={"prompt": "a fox"}, headers=key)
-            assert r.status_code == 201 and r.headers["x-request-id"] == "it-req-1"
-            gen_id = r.json()["id"]
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(30):
-            code_ = await proc.wait()
-        assert code_ == 0
-        assert proc.stderr is not None
-        log = (await proc.stderr.read()).decode()
-        assert "[API] API stopped" in log, log
-        # The seed's `[COMPONENT] Action {context}` lines, carrying the request's ids.
-        created = next(line for line in log.splitlines() if "Generation created" in line)
-        assert created.startswith("[GENERATION_CREATE] Generation created {")
-        context = json.loads(created.split(" ", 3)[3])
-        assert context["request_id"] == "it-req-1" and context["generation_id"] == gen_id
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        r = await http.post("/v1/admin/users", content=chunks(), headers=ADMIN_HEADERS)
+        assert r.status_code == 413, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+        r = await http.post("/v1/admin/users", json={"name": "sam"}, headers=ADMIN_HEADERS)
+        assert r.status_code == 201
+        key = {"Authorization": f"Bearer {r.json()['api_key']}", "X-Request-ID": "it-req-1"}
+        r = await http.post("/v1/generations", json={"prompt": "a fox"}, headers=key)
+        assert r.status_code == 201 and r.headers["x-request-id"] == "it-req-1"
+        gen_id = r.json()["id"]
+    proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(30):
+        code_ = await proc.wait()
+    assert code_ == 0
+    assert proc.stderr is not None
+    log = (await proc.stderr.read()).decode()
+    assert "[API] API stopped" in log, log
+    # The seed's `[COMPONENT] Action {context}` lines, carrying the request's ids.
+    created = next(line for line in log.splitlines() if "Generation created" in line)
+    assert created.startswith("[GENERATION_CREATE] Generation created {")
+    context = json.loads(created.split(" ", 3)[3])
+    assert context["request_id"] == "it-req-1" and context["generation_id"] == gen_id

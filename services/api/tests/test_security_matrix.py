@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,11 +25,9 @@ import pytest
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from shared.db.models import ApiKey, Generation, WebhookDelivery, WebhookEndpoint
-from shared.media import thumbnail_key, video_key
-from shared.settings import Settings
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from .conftest import ADMIN_HEADERS
+from .conftest import ADMIN_HEADERS, CompleteWithMedia
 
 USER, ADMIN, OPEN, MEDIA = "user", "admin", "open", "media"
 PUBLIC_HOOK = "https://hooks.example.com/alice"
@@ -183,9 +180,8 @@ async def _token(client: httpx.AsyncClient, owner: dict[str, Any]) -> str:
 async def world(
     client: httpx.AsyncClient,
     make_user: Callable[[str], Awaitable[dict[str, Any]]],
-    set_row: Callable[..., Awaitable[None]],
+    complete_with_media: CompleteWithMedia,
     sessions: async_sessionmaker[AsyncSession],
-    prepared: Settings,
 ) -> World:
     alice, mallory = await make_user("alice"), await make_user("mallory")
     revoked = await _key(client, alice, "old laptop")
@@ -207,21 +203,7 @@ async def world(
     )
     assert gen.status_code == 201, gen.text
     gid = gen.json()["id"]
-    uid, g = uuid.UUID(alice["id"]), uuid.UUID(gid)
-    root = Path(prepared.local_storage_dir)
-    for key, data in ((video_key(uid, g), VIDEO), (thumbnail_key(uid, g), JPEG)):
-        (root / key).parent.mkdir(parents=True, exist_ok=True)
-        (root / key).write_bytes(data)
-    result = {
-        "video_key": video_key(uid, g),
-        "thumbnail_key": thumbnail_key(uid, g),
-        "duration_seconds": 4.0,
-        "file_size_bytes": len(VIDEO),
-        "resolution": "1280x720",
-        "format": "mp4",
-        "processing_time_ms": 1000,
-    }
-    await set_row(gid, status="completed", result=result, version=6)
+    await complete_with_media(alice["id"], gid, VIDEO, JPEG)
     read = (await client.get(f"/v1/generations/{gid}", headers=alice["headers"])).json()
     video = urlsplit(read["result"]["video_url"])
 
@@ -235,7 +217,7 @@ async def world(
         endpoint_id=uuid.UUID(hook.json()["id"]),
         url=PUBLIC_HOOK,
         event="generation.completed",
-        generation_id=g,
+        generation_id=uuid.UUID(gid),
         payload=json.dumps({"event": "generation.completed", "generationId": gid}),
         status="failed",
     )

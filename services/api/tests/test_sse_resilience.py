@@ -5,7 +5,6 @@ every open stream to catch up from the database, and the stream delivers what it
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import time
 import uuid
@@ -20,7 +19,25 @@ from tests.e2e.harness import eventually, serve_asgi
 from tests.infra import PrivateRabbit
 from tests.support import ADMIN_KEY, free_port
 
+from .conftest import ServeApi
 from .test_sse import Recorder
+
+
+async def a_user_with_a_generation(
+    http: httpx.AsyncClient, name: str
+) -> tuple[dict[str, str], str]:
+    """A new user (made with the admin key) and a generation of theirs: their auth headers
+    and the generation's id."""
+    made = await http.post(
+        "/v1/admin/users",
+        json={"name": name},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+    )
+    auth = {"Authorization": f"Bearer {made.json()['api_key']}"}
+    gen_id = (await http.post("/v1/generations", json={"prompt": "a fox"}, headers=auth)).json()[
+        "id"
+    ]
+    return auth, gen_id
 
 
 async def test_a_stream_catches_up_on_what_the_broker_lost(
@@ -40,15 +57,7 @@ async def test_a_stream_catches_up_on_what_the_broker_lost(
             serve_asgi(create_app(settings), port),
             httpx.AsyncClient(base_url=settings.public_url) as http,
         ):
-            made = await http.post(
-                "/v1/admin/users",
-                json={"name": "live"},
-                headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-            )
-            auth = {"Authorization": f"Bearer {made.json()['api_key']}"}
-            gen_id = (
-                await http.post("/v1/generations", json={"prompt": "a fox"}, headers=auth)
-            ).json()["id"]
+            auth, gen_id = await a_user_with_a_generation(http, "live")
             stream = Recorder()
             url = f"{settings.public_url}/v1/generations/{gen_id}/events"
             task = asyncio.create_task(stream.run(url, auth))
@@ -85,54 +94,23 @@ async def test_a_stream_catches_up_on_what_the_broker_lost(
         await asyncio.to_thread(rabbit.close)
 
 
-async def test_sigterm_ends_open_streams_so_the_api_stops_at_once(
-    prepared: Settings, env: dict[str, str], clean_db: None, reelflow_bin: str
-) -> None:
+async def test_sigterm_ends_open_streams_so_the_api_stops_at_once(serve_api: ServeApi) -> None:
     """`reelflow api` with an open stream stops on SIGTERM in well under its 20 s graceful
     timeout: the stream ends (its client would resume elsewhere) instead of holding it up."""
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        reelflow_bin,
-        "api",
-        env={**os.environ, **env, "API_PORT": str(port)},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient(base_url=base) as http:
+    proc, base = await serve_api()
+    async with httpx.AsyncClient(base_url=base) as http:
+        auth, gen_id = await a_user_with_a_generation(http, "bye")
+    stream = Recorder()
+    task = asyncio.create_task(stream.run(f"{base}/v1/generations/{gen_id}/events", auth))
+    await eventually(lambda: _seen(stream), within=10)
 
-            async def ready() -> bool:
-                try:
-                    return (await http.get("/readyz")).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            await eventually(ready, within=30)
-            made = await http.post(
-                "/v1/admin/users",
-                json={"name": "bye"},
-                headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-            )
-            auth = {"Authorization": f"Bearer {made.json()['api_key']}"}
-            gen_id = (
-                await http.post("/v1/generations", json={"prompt": "a fox"}, headers=auth)
-            ).json()["id"]
-        stream = Recorder()
-        task = asyncio.create_task(stream.run(f"{base}/v1/generations/{gen_id}/events", auth))
-        await eventually(lambda: _seen(stream), within=10)
-
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(15):
-            assert await proc.wait() == 0
-            await task  # the stream ended, not cut: the client saw a clean end of body
-        assert time.monotonic() - started < 10
-        assert stream.ended and [e.name for e in stream.seen] == ["generation.requested"]
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(15):
+        assert await proc.wait() == 0
+        await task  # the stream ended, not cut: the client saw a clean end of body
+    assert time.monotonic() - started < 10
+    assert stream.ended and [e.name for e in stream.seen] == ["generation.requested"]
 
 
 async def _seen(stream: Recorder) -> bool:
