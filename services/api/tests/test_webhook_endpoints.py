@@ -35,6 +35,23 @@ async def register(client: httpx.AsyncClient, user: User, **body: Any) -> dict[s
     return dict(r.json())
 
 
+Refusal = Callable[[str], Awaitable[dict[str, Any]]]
+
+
+@pytest.fixture
+def refusal(client: httpx.AsyncClient, user: User, problem: Problem) -> Refusal:
+    """`await refusal(url)`: the 422 problem that registering `url` is answered with, its first
+    error on the url field."""
+
+    async def register_refused(url: str) -> dict[str, Any]:
+        r = await client.post(ROOT, json={"url": url}, headers=user["headers"])
+        body = problem(r, 422)
+        assert body["errors"][0]["field"] == "url", body
+        return body
+
+    return register_refused
+
+
 # --- registration ---------------------------------------------------------------------------
 
 
@@ -95,11 +112,8 @@ async def test_events_are_checked_against_the_event_names(
         "javascript:alert(1)",
     ],
 )
-async def test_only_http_urls_are_accepted(
-    client: httpx.AsyncClient, user: User, problem: Problem, url: str
-) -> None:
-    r = await client.post(ROOT, json={"url": url}, headers=user["headers"])
-    assert problem(r, 422)["errors"][0]["field"] == "url"
+async def test_only_http_urls_are_accepted(refusal: Refusal, url: str) -> None:
+    await refusal(url)
 
 
 @pytest.mark.parametrize(
@@ -130,13 +144,8 @@ async def test_only_http_urls_are_accepted(
         "http://%6c%6fcalhost/hook",
     ],
 )
-async def test_obviously_internal_urls_are_refused(
-    client: httpx.AsyncClient, user: User, problem: Problem, url: str
-) -> None:
-    r = await client.post(ROOT, json={"url": url}, headers=user["headers"])
-    body = problem(r, 422)
-    assert body["errors"][0]["field"] == "url", body
-    assert "cannot be used" in body["detail"]
+async def test_obviously_internal_urls_are_refused(refusal: Refusal, url: str) -> None:
+    assert "cannot be used" in (await refusal(url))["detail"]
 
 
 @pytest.mark.parametrize(
@@ -347,16 +356,31 @@ async def queued_commands(
         return [WebhookDeliveryRequested.model_validate_json(r.body) for r in rows]
 
 
+Redeliver = Callable[[WebhookDelivery], Awaitable[httpx.Response]]
+
+
+@pytest.fixture
+def redeliver(client: httpx.AsyncClient, user: User) -> Redeliver:
+    """`await redeliver(delivery)`: the user's POST /v1/webhook-deliveries/{id}/redeliver."""
+
+    async def post(delivery: WebhookDelivery) -> httpx.Response:
+        return await client.post(
+            f"/v1/webhook-deliveries/{delivery.id}/redeliver", headers=user["headers"]
+        )
+
+    return post
+
+
 async def test_redeliver_reopens_a_finished_delivery_as_its_next_manual_attempt(
     client: httpx.AsyncClient,
     user: User,
+    redeliver: Redeliver,
     problem: Problem,
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     endpoint = await register(client, user)
     failed = await add_delivery(sessions, endpoint["id"], "failed", [500, 500, 500])
-    path = f"/v1/webhook-deliveries/{failed.id}/redeliver"
-    r = await client.post(path, headers=user["headers"])
+    r = await redeliver(failed)
     assert r.status_code == 202, r.text
     assert r.json()["status"] == "pending" and r.json()["webhook_id"] == failed.webhook_id
     assert len(r.json()["attempts"]) == 3
@@ -364,29 +388,23 @@ async def test_redeliver_reopens_a_finished_delivery_as_its_next_manual_attempt(
     assert (command.delivery_id, command.attempt, command.manual) == (failed.id, 4, True)
 
     # Twice in a row: the first is still under way.
-    assert problem(await client.post(path, headers=user["headers"]), 409)["type"].endswith(
-        "delivery-pending"
-    )
+    assert problem(await redeliver(failed), 409)["type"].endswith("delivery-pending")
     assert len(await queued_commands(sessions)) == 1
 
     succeeded = await add_delivery(sessions, endpoint["id"], "succeeded", [200])
-    r = await client.post(
-        f"/v1/webhook-deliveries/{succeeded.id}/redeliver", headers=user["headers"]
-    )
+    r = await redeliver(succeeded)
     assert r.status_code == 202
     assert (await queued_commands(sessions))[-1].attempt == 2
 
     # The operator's NEXTJS_URL deliveries belong to no user.
     nextjs = await add_delivery(sessions, None, "failed", [500])
-    problem(
-        await client.post(f"/v1/webhook-deliveries/{nextjs.id}/redeliver", headers=user["headers"]),
-        404,
-    )
+    problem(await redeliver(nextjs), 404)
 
 
 async def test_nothing_is_resent_to_a_disabled_endpoint(
     client: httpx.AsyncClient,
     user: User,
+    redeliver: Redeliver,
     problem: Problem,
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
@@ -401,8 +419,7 @@ async def test_nothing_is_resent_to_a_disabled_endpoint(
         "disabled",
         "The endpoint answered 410 Gone.",
     )
-    r = await client.post(f"/v1/webhook-deliveries/{failed.id}/redeliver", headers=user["headers"])
-    assert "410" in problem(r, 409)["detail"]
+    assert "410" in problem(await redeliver(failed), 409)["detail"]
     r = await client.post(
         f"{ROOT}/{endpoint['id']}/resend-failed",
         json={"since": "2020-01-01T00:00:00Z"},
@@ -417,6 +434,7 @@ async def test_a_disabled_endpoint_can_be_enabled_again(
     client: httpx.AsyncClient,
     user: User,
     make_user: Callable[[str], Awaitable[User]],
+    redeliver: Redeliver,
     problem: Problem,
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
@@ -459,7 +477,7 @@ async def test_a_disabled_endpoint_can_be_enabled_again(
     assert await queued_commands(sessions) == []
     async with sessions() as s:
         assert (await s.get(WebhookDelivery, failed.id)).status == "failed"  # type: ignore[union-attr]
-    r = await client.post(f"/v1/webhook-deliveries/{failed.id}/redeliver", headers=user["headers"])
+    r = await redeliver(failed)
     assert r.status_code == 202, r.text
     assert [(c.delivery_id, c.attempt) for c in await queued_commands(sessions)] == [(failed.id, 3)]
 
