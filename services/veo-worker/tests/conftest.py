@@ -101,6 +101,12 @@ async def bus(prepared: Settings) -> AsyncIterator[Bus]:
         yield Bus(channel)
 
 
+@pytest.fixture
+async def reports(bus: Bus) -> Reports:
+    """The render reports published during the test (the tap is bound before it renders)."""
+    return await bus.reports()
+
+
 @dataclass
 class Running:
     service: WorkerService

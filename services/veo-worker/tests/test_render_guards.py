@@ -8,14 +8,18 @@ import os
 import signal
 import subprocess
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from shared.messages import RenderRequested
 from shared.settings import Settings
 
 if TYPE_CHECKING:
-    from conftest import Bus, Eventually, Rows, Running, RunWorker
+    from conftest import Bus, Eventually, Reports, Rows, Running, RunWorker
+
+LeftJob = Callable[..., Awaitable[RenderRequested]]
 
 
 @pytest.fixture
@@ -25,10 +29,24 @@ def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def left_job(worker: Running, reports: Reports, rows: Rows, eventually: Eventually) -> LeftJob:
+    """`await left_job(**fields)`: a job row as an earlier attempt left it (`rows.add_job`),
+    taken up by the running worker with no command sent; its command once it has ended."""
+
+    async def taken_up(**job_fields: Any) -> RenderRequested:
+        command = await rows.command()
+        await rows.add_job(command, **job_fields)
+        ends = {"succeeded", "failed"}
+        await eventually(lambda: ends.intersection(reports.kinds(command.generation_id)))
+        return command
+
+    return taken_up
+
+
 async def test_the_same_command_delivered_twice_renders_once(
-    worker: Running, bus: Bus, rows: Rows, eventually: Eventually
+    worker: Running, reports: Reports, bus: Bus, rows: Rows, eventually: Eventually
 ) -> None:
-    reports = await bus.reports()
     command = await rows.command()
     message_id = await bus.render(command)
     await bus.render(command, message_id=message_id)  # a redelivery: the inbox drops it
@@ -46,9 +64,13 @@ async def test_the_same_command_delivered_twice_renders_once(
 
 
 async def test_a_cancelled_generation_is_not_rendered(
-    worker: Running, bus: Bus, rows: Rows, eventually: Eventually, prepared: Settings
+    worker: Running,
+    reports: Reports,
+    bus: Bus,
+    rows: Rows,
+    eventually: Eventually,
+    prepared: Settings,
 ) -> None:
-    reports = await bus.reports()
     command = await rows.command(status="cancelled")
     await bus.render(command)
     await eventually(lambda: worker.commands.outcomes["cancelled"] == 1)
@@ -60,9 +82,14 @@ async def test_a_cancelled_generation_is_not_rendered(
 
 
 async def test_cancel_during_the_render_stops_it(
-    worker: Running, bus: Bus, rows: Rows, eventually: Eventually, scratch: Path, prepared: Settings
+    worker: Running,
+    reports: Reports,
+    bus: Bus,
+    rows: Rows,
+    eventually: Eventually,
+    scratch: Path,
+    prepared: Settings,
 ) -> None:
-    reports = await bus.reports()
     command = await rows.command(rows.spec(duration_seconds=8, resolution="1080p"))
     await bus.render(command)
     await eventually(lambda: "progress" in reports.kinds(command.generation_id))
@@ -79,9 +106,8 @@ async def test_cancel_during_the_render_stops_it(
 
 
 async def test_a_spec_the_provider_refuses_fails_as_invalid_request_at_once(
-    worker: Running, bus: Bus, rows: Rows, eventually: Eventually
+    worker: Running, reports: Reports, bus: Bus, rows: Rows, eventually: Eventually
 ) -> None:
-    reports = await bus.reports()
     command = await rows.command(rows.spec(model="veo-3.1-fast-generate-preview"))
     await bus.render(command)
     await eventually(lambda: reports.kinds(command.generation_id))
@@ -95,6 +121,7 @@ async def test_a_spec_the_provider_refuses_fails_as_invalid_request_at_once(
 async def test_a_render_failure_is_reported_failed_not_retried(
     worker_settings: Settings,
     running_worker: RunWorker,
+    reports: Reports,
     bus: Bus,
     rows: Rows,
     eventually: Eventually,
@@ -105,7 +132,6 @@ async def test_a_render_failure_is_reported_failed_not_retried(
     not_a_folder.write_text("storing under this path fails")
     broken = worker_settings.model_copy(update={"local_storage_dir": not_a_folder})
     async with running_worker(broken) as worker:
-        reports = await bus.reports()
         command = await rows.command()
         await bus.render(command)
         await eventually(lambda: "failed" in reports.kinds(command.generation_id))
@@ -123,44 +149,34 @@ async def test_a_render_failure_is_reported_failed_not_retried(
 
 
 async def test_a_job_left_running_by_a_dead_worker_is_rendered_again(
-    worker: Running, bus: Bus, rows: Rows, eventually: Eventually
+    left_job: LeftJob, rows: Rows
 ) -> None:
     """No command needed: the scheduler finds the job whose lease expired and takes it up."""
-    reports = await bus.reports()
-    command = await rows.command()
-    await rows.add_job(command, status="running", attempts=1, crashed=True)
-    await eventually(lambda: "succeeded" in reports.kinds(command.generation_id))
+    command = await left_job(status="running", attempts=1, crashed=True)
     job = await rows.job(command.generation_id)
     assert job is not None and (job.status, job.attempts) == ("succeeded", 2)
 
 
 async def test_a_job_handed_back_by_a_stopping_worker_is_not_counted_as_interrupted(
-    worker: Running, bus: Bus, rows: Rows, eventually: Eventually
+    left_job: LeftJob, rows: Rows
 ) -> None:
-    reports = await bus.reports()
-    command = await rows.command()
-    await rows.add_job(command, status="running", attempts=3)  # no lease: handed back
-    await eventually(lambda: "succeeded" in reports.kinds(command.generation_id))
+    command = await left_job(status="running", attempts=3)  # no lease: handed back
     job = await rows.job(command.generation_id)
     assert job is not None and (job.status, job.attempts) == ("succeeded", 3)
 
 
 async def test_a_job_interrupted_too_often_fails_instead_of_looping(
-    worker: Running, bus: Bus, rows: Rows, eventually: Eventually
+    left_job: LeftJob, reports: Reports
 ) -> None:
-    reports = await bus.reports()
-    command = await rows.command()
-    await rows.add_job(command, status="running", attempts=3, crashed=True)
-    await eventually(lambda: reports.kinds(command.generation_id))
+    command = await left_job(status="running", attempts=3, crashed=True)
     assert reports.kinds(command.generation_id) == ["failed"]
     error = reports.of(command.generation_id)[0].error
     assert error is not None and error.code == "internal" and "interrupted 3 times" in error.message
 
 
 async def test_an_unreadable_command_is_dead_lettered_and_does_not_block(
-    worker: Running, bus: Bus, rows: Rows, eventually: Eventually
+    worker: Running, reports: Reports, bus: Bus, rows: Rows, eventually: Eventually
 ) -> None:
-    reports = await bus.reports()
     await bus.publish_raw(b"\x00garbage", type_="render.requested", message_id="poison-1")
     await bus.publish_raw(b"{}", type_="render.requested", message_id="poison-2")
     command = await rows.command()
@@ -177,13 +193,13 @@ async def test_a_worker_killed_mid_render_is_replaced_once_its_lease_expires(
     env: dict[str, str],
     running_worker: RunWorker,
     reelflow_bin: str,
+    reports: Reports,
     bus: Bus,
     rows: Rows,
     eventually: Eventually,
 ) -> None:
     """kill -9 a worker process mid-render: its command was acked long ago; the job's lease
     expires and the next worker takes the job up from the database and renders it."""
-    reports = await bus.reports()
     command = await rows.command(rows.spec(duration_seconds=8, resolution="1080p"))
     process = subprocess.Popen(
         [reelflow_bin, "worker"],

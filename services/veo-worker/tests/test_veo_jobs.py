@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ from veo_worker.probe import probe_video
 from tests.fakes.fake_veo import FakeVeo
 
 if TYPE_CHECKING:
-    from conftest import Bus, Eventually, Reports, Rows, RunWorker
+    from conftest import Bus, Eventually, Reports, Rows, Running, RunWorker
 
 KEY = "test-key"
 MODEL = "veo-3.1-fast-generate-preview"
@@ -54,8 +55,9 @@ async def veo_settings(worker_settings: Settings, fake_veo: FakeVeo, rows: Rows)
     )
 
 
-def veo_spec(rows: Rows, prompt: str = PROMPT, **fields: Any) -> Any:
-    return rows.spec(model=MODEL, prompt=prompt, generate_audio=True, **fields)
+def scenario_prompt(scenario: str) -> str:
+    """A prompt that has the fake play `scenario` (tests/fakes/fake_veo.py)."""
+    return f"{PROMPT} [scenario:{scenario}]"
 
 
 async def _done(rows: Rows, command: RenderRequested) -> bool:
@@ -66,19 +68,66 @@ def _stages(reports: Reports, generation_id: uuid.UUID) -> list[str]:
     return [r.progress.stage for r in reports.of(generation_id) if r.progress]
 
 
-async def test_a_veo_render_goes_through_every_stage_and_stores_the_fakes_video(
+@dataclass
+class Veo:
+    """Workers on the fake Veo's settings, the commands they are sent and the waits on them."""
+
+    settings: Settings
+    running_worker: RunWorker
+    bus: Bus
+    rows: Rows
+    reports: Reports
+    eventually: Eventually
+
+    async def command(self, prompt: str = PROMPT, **fields: Any) -> RenderRequested:
+        """A confirmed generation for the Veo model (audio asked for), and its render command."""
+        spec = self.rows.spec(model=MODEL, prompt=prompt, generate_audio=True, **fields)
+        return await self.rows.command(spec)
+
+    async def left_by_dead_worker(self, status: str, **fields: Any) -> RenderRequested:
+        """A generation whose job was left in `status` by a worker that died holding it (its
+        first attempt, the lease expired); the job's command, which is never sent."""
+        command = await self.command()
+        await self.rows.add_job(
+            command, provider="veo", status=status, attempts=1, crashed=True, **fields
+        )
+        return command
+
+    def worker(self, **changes: Any) -> contextlib.AbstractAsyncContextManager[Running]:
+        """`async with veo.worker(**changes) as worker:` a worker on the fake's settings."""
+        return self.running_worker(self.settings.model_copy(update=changes))
+
+    async def send(self, command: RenderRequested) -> None:
+        await self.bus.render(command)
+
+    async def reported(self, command: RenderRequested, kind: str) -> None:
+        """Wait for a report of `kind` ("succeeded", "failed", …) on the command."""
+        await self.eventually(lambda: kind in self.reports.kinds(command.generation_id))
+
+    async def reached(self, command: RenderRequested, stage: str) -> None:
+        """Wait for a progress report at `stage` ("generating", …) on the command."""
+        await self.eventually(lambda: stage in _stages(self.reports, command.generation_id))
+
+
+@pytest.fixture
+def veo(
     veo_settings: Settings,
     running_worker: RunWorker,
-    fake_veo: FakeVeo,
     bus: Bus,
     rows: Rows,
+    reports: Reports,
     eventually: Eventually,
+) -> Veo:
+    return Veo(veo_settings, running_worker, bus, rows, reports, eventually)
+
+
+async def test_a_veo_render_goes_through_every_stage_and_stores_the_fakes_video(
+    veo: Veo, fake_veo: FakeVeo, reports: Reports, rows: Rows, eventually: Eventually
 ) -> None:
-    reports = await bus.reports()
-    command = await rows.command(veo_spec(rows, negative_prompt="blurry", seed=7))
-    async with running_worker(veo_settings) as worker:
-        await bus.render(command)
-        await eventually(lambda: "succeeded" in reports.kinds(command.generation_id))
+    command = await veo.command(negative_prompt="blurry", seed=7)
+    async with veo.worker() as worker:
+        await veo.send(command)
+        await veo.reported(command, "succeeded")
         await eventually(lambda: worker.scheduler.outcomes == {"succeeded": 1})  # counted after
 
     kinds = reports.kinds(command.generation_id)
@@ -100,7 +149,7 @@ async def test_a_veo_render_goes_through_every_stage_and_stores_the_fakes_video(
 
     result = reports.of(command.generation_id)[-1].result
     assert result is not None
-    stored = Path(veo_settings.local_storage_dir) / result.video_key
+    stored = Path(veo.settings.local_storage_dir) / result.video_key
     assert stored.read_bytes() == await fake_veo.video(1280, 720, 4)  # the fake's very bytes
     probed = probe_video(stored)
     assert (probed.resolution, probed.has_audio) == ("1280x720", True)
@@ -133,23 +182,13 @@ CLASSES: dict[str, tuple[str, str | None, str, int, int]] = {
 
 
 async def test_every_failure_class_ends_as_the_contract_says(
-    veo_settings: Settings,
-    running_worker: RunWorker,
-    fake_veo: FakeVeo,
-    bus: Bus,
-    rows: Rows,
-    eventually: Eventually,
+    veo: Veo, fake_veo: FakeVeo, bus: Bus, reports: Reports, rows: Rows, eventually: Eventually
 ) -> None:
     """All scenarios at once, side by side; each counted at the fake by its own prompt."""
-    reports = await bus.reports()
-    settings = veo_settings.model_copy(update={"veo_operation_deadline_seconds": 4.0})
-    commands: dict[str, RenderRequested] = {}
-    for scenario in CLASSES:
-        prompt = f"{PROMPT} [scenario:{scenario}]"
-        commands[scenario] = await rows.command(veo_spec(rows, prompt))
-    async with running_worker(settings):
+    commands = {scenario: await veo.command(scenario_prompt(scenario)) for scenario in CLASSES}
+    async with veo.worker(veo_operation_deadline_seconds=4.0):
         for command in commands.values():
-            await bus.render(command)
+            await veo.send(command)
         for command in commands.values():
             await eventually(lambda c=command: _done(rows, c), within=40)
     await asyncio.sleep(0.3)  # let the last reports arrive
@@ -183,19 +222,13 @@ async def test_every_failure_class_ends_as_the_contract_says(
 
 
 async def test_a_burst_queues_behind_the_global_cap_shared_by_two_workers(
-    veo_settings: Settings,
-    running_worker: RunWorker,
-    fake_veo: FakeVeo,
-    bus: Bus,
-    rows: Rows,
-    eventually: Eventually,
+    veo: Veo, fake_veo: FakeVeo, reports: Reports, rows: Rows, eventually: Eventually
 ) -> None:
-    reports = await bus.reports()
-    capped = veo_settings.model_copy(update={"veo_submissions_per_minute": 2})
-    commands = [await rows.command(veo_spec(rows, f"{PROMPT} #{n}")) for n in range(5)]
-    async with running_worker(capped), running_worker(capped):  # each on a port of its own
+    commands = [await veo.command(f"{PROMPT} #{n}") for n in range(5)]
+    capped = {"veo_submissions_per_minute": 2}
+    async with veo.worker(**capped), veo.worker(**capped):  # each on a port of its own
         for command in commands:
-            await bus.render(command)
+            await veo.send(command)
         await eventually(lambda: fake_veo.submissions == 2)
         await asyncio.sleep(1.0)  # both workers keep claiming: still only two
         assert fake_veo.submissions == 2
@@ -222,18 +255,12 @@ async def test_a_burst_queues_behind_the_global_cap_shared_by_two_workers(
 
 
 async def test_cancel_while_waiting_stops_polling_and_marks_the_job_cancelled(
-    veo_settings: Settings,
-    running_worker: RunWorker,
-    fake_veo: FakeVeo,
-    bus: Bus,
-    rows: Rows,
-    eventually: Eventually,
+    veo: Veo, fake_veo: FakeVeo, reports: Reports, rows: Rows, eventually: Eventually
 ) -> None:
-    reports = await bus.reports()
-    command = await rows.command(veo_spec(rows, f"{PROMPT} [scenario:never]"))
-    async with running_worker(veo_settings) as worker:
-        await bus.render(command)
-        await eventually(lambda: "generating" in _stages(reports, command.generation_id))
+    command = await veo.command(scenario_prompt("never"))
+    async with veo.worker() as worker:
+        await veo.send(command)
+        await veo.reached(command, "generating")
         await rows.set_status(command.generation_id, "cancelled")
         await eventually(lambda: worker.scheduler.outcomes["cancelled"] == 1)
         polls = fake_veo.polls
@@ -246,22 +273,16 @@ async def test_cancel_while_waiting_stops_polling_and_marks_the_job_cancelled(
 
 
 async def test_a_stopped_worker_hands_its_operations_back_and_the_next_one_finishes_them(
-    veo_settings: Settings,
-    running_worker: RunWorker,
-    fake_veo: FakeVeo,
-    bus: Bus,
-    rows: Rows,
-    eventually: Eventually,
+    veo: Veo, fake_veo: FakeVeo, rows: Rows, eventually: Eventually
 ) -> None:
-    reports = await bus.reports()
-    command = await rows.command(veo_spec(rows, f"{PROMPT} [scenario:slow seconds=3]"))
-    async with running_worker(veo_settings):
-        await bus.render(command)
-        await eventually(lambda: "generating" in _stages(reports, command.generation_id))
+    command = await veo.command(scenario_prompt("slow seconds=3"))
+    async with veo.worker():
+        await veo.send(command)
+        await veo.reached(command, "generating")
     job = await rows.job(command.generation_id)
     assert job is not None and (job.status, job.lease_owner) == ("running", None)
-    async with running_worker(veo_settings) as worker:
-        await eventually(lambda: "succeeded" in reports.kinds(command.generation_id))
+    async with veo.worker() as worker:
+        await veo.reported(command, "succeeded")
         # The report goes out at its commit, which can be before the job's task has counted it.
         await eventually(lambda: worker.scheduler.outcomes == {"succeeded": 1})
     assert fake_veo.submissions == 1
@@ -270,17 +291,10 @@ async def test_a_stopped_worker_hands_its_operations_back_and_the_next_one_finis
 
 
 async def test_a_job_taken_over_polls_its_stored_operation_and_never_submits(
-    veo_settings: Settings,
-    running_worker: RunWorker,
-    fake_veo: FakeVeo,
-    bus: Bus,
-    rows: Rows,
-    eventually: Eventually,
+    veo: Veo, fake_veo: FakeVeo, rows: Rows
 ) -> None:
     """What a worker killed mid-wait leaves behind: `running`, the operation name, an expired
     lease. The next worker polls that operation; the fake sees one submission in all."""
-    reports = await bus.reports()
-    command = await rows.command(veo_spec(rows))
     async with httpx.AsyncClient(base_url=fake_veo.base_url) as client:
         submitted = await client.post(
             f"/v1beta/models/{MODEL}:predictLongRunning",
@@ -289,18 +303,11 @@ async def test_a_job_taken_over_polls_its_stored_operation_and_never_submits(
         )
     name = submitted.json()["name"]
     now = utcnow()
-    await rows.add_job(
-        command,
-        provider="veo",
-        status="running",
-        attempts=1,
-        operation_name=name,
-        submitted_at=now,
-        deadline_at=now + timedelta(minutes=5),
-        crashed=True,
+    command = await veo.left_by_dead_worker(
+        "running", operation_name=name, submitted_at=now, deadline_at=now + timedelta(minutes=5)
     )
-    async with running_worker(veo_settings):
-        await eventually(lambda: "succeeded" in reports.kinds(command.generation_id))
+    async with veo.worker():
+        await veo.reported(command, "succeeded")
     assert fake_veo.submissions == 1
     job = await rows.job(command.generation_id)
     assert job is not None and (job.status, job.attempts, job.operation_name) == (
@@ -311,38 +318,24 @@ async def test_a_job_taken_over_polls_its_stored_operation_and_never_submits(
 
 
 async def test_a_job_claimed_but_not_yet_sent_by_a_dead_worker_is_submitted_by_the_next(
-    veo_settings: Settings,
-    running_worker: RunWorker,
-    fake_veo: FakeVeo,
-    bus: Bus,
-    rows: Rows,
-    eventually: Eventually,
+    veo: Veo, fake_veo: FakeVeo, rows: Rows
 ) -> None:
     """`queued` under an expired lease: the dead worker never marked it `submitting`, so it
     never sent it; the next worker submits it, once."""
-    reports = await bus.reports()
-    command = await rows.command(veo_spec(rows))
-    await rows.add_job(command, provider="veo", status="queued", attempts=1, crashed=True)
-    async with running_worker(veo_settings):
-        await eventually(lambda: "succeeded" in reports.kinds(command.generation_id))
+    command = await veo.left_by_dead_worker("queued")
+    async with veo.worker():
+        await veo.reported(command, "succeeded")
     assert fake_veo.submissions == 1
     job = await rows.job(command.generation_id)
     assert job is not None and job.attempts == 2  # the dead worker's claim, then this one
 
 
 async def test_a_job_found_submitting_after_a_crash_fails_and_is_never_resubmitted(
-    veo_settings: Settings,
-    running_worker: RunWorker,
-    fake_veo: FakeVeo,
-    bus: Bus,
-    rows: Rows,
-    eventually: Eventually,
+    veo: Veo, fake_veo: FakeVeo, reports: Reports
 ) -> None:
-    reports = await bus.reports()
-    command = await rows.command(veo_spec(rows))
-    await rows.add_job(command, provider="veo", status="submitting", attempts=1, crashed=True)
-    async with running_worker(veo_settings):
-        await eventually(lambda: "failed" in reports.kinds(command.generation_id))
+    command = await veo.left_by_dead_worker("submitting")
+    async with veo.worker():
+        await veo.reported(command, "failed")
     error = reports.of(command.generation_id)[-1].error
     assert error is not None and (error.code, error.message) == ("internal", CRASH_WINDOW)
     assert fake_veo.stats()["submit_attempts"] == 0
@@ -364,19 +357,13 @@ async def _silent_server() -> AsyncIterator[tuple[str, list[bytes]]]:
 
 
 async def test_a_submission_sent_but_never_answered_is_not_sent_again(
-    veo_settings: Settings,
-    running_worker: RunWorker,
-    bus: Bus,
-    rows: Rows,
-    eventually: Eventually,
+    veo: Veo, reports: Reports
 ) -> None:
-    reports = await bus.reports()
-    command = await rows.command(veo_spec(rows))
+    command = await veo.command()
     async with _silent_server() as (url, seen):
-        settings = veo_settings.model_copy(update={"google_gemini_base_url": url})
-        async with running_worker(settings):
-            await bus.render(command)
-            await eventually(lambda: "failed" in reports.kinds(command.generation_id))
+        async with veo.worker(google_gemini_base_url=url):
+            await veo.send(command)
+            await veo.reported(command, "failed")
             await asyncio.sleep(0.5)
         assert len(seen) == 1 and b"predictLongRunning" in seen[0]
     error = reports.of(command.generation_id)[-1].error
