@@ -97,10 +97,13 @@ async def test_every_message_delivered_twice_changes_nothing(pipeline: Pipeline)
     gen_id = (await p.api.create({**BODY, "conversation_id": conversation_id})).json()["id"]
     await p.api.wait_status(gen_id, "completed", within=90)
 
+    seen: list[dict[str, int]] = []
+
     async def settled() -> dict[str, int] | None:
         # Webhooks delivered and the chat's messages written: the notifier writes them apart,
-        # so no pending delivery alone does not mean the last assistant message is in.
-        first = await _state(p)
+        # so no pending delivery alone does not mean the last assistant message is in. The
+        # snapshot is read after both held, and taken once two reads in a row agree: a single
+        # read could miss a row written in between.
         pending = await _count(
             p, "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'"
         )
@@ -108,7 +111,10 @@ async def test_every_message_delivered_twice_changes_nothing(pipeline: Pipeline)
             p, "SELECT count(*) FROM outbox WHERE routing_key = ANY(:k)", k=list(CHAT_EVENTS)
         )
         written = await _count(p, "SELECT count(*) FROM messages WHERE role = 'assistant'")
-        return first if pending == 0 and written == expected else None
+        if pending or written != expected:
+            return None
+        seen.append(await _state(p))
+        return seen[-1] if seen[-2:-1] == seen[-1:] else None
 
     before = await eventually(settled, within=30)
     received_before = len(p.receiver.received)
