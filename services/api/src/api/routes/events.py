@@ -8,13 +8,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Annotated, Any, Protocol, TypeVar
 
-from fastapi import APIRouter, Depends, Header, Query, Request
-from shared.api_keys import Caller
+from fastapi import APIRouter, Header, Query, Request
 from shared.logging import get_logger
-from shared.media import Storage
 from shared.state_machine import Status
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -23,11 +20,11 @@ from api import eager
 from api.chat_schemas import StreamToken
 from api.conversations import owned_conversation
 from api.deps import AppStorage, CurrentUser
-from api.live import LiveFeed, Subscriber, Update
+from api.live import Subscriber, Update
 from api.problems import responses
 from api.queries import owned_generation_row
 from api.realtime import Realtime
-from api.streamauth import StreamCaller, StreamUser
+from api.streamauth import StreamUser
 from api.streams import (
     HEADERS,
     MEDIA_TYPE,
@@ -211,41 +208,21 @@ async def stream_token(user: CurrentUser, request: Request) -> StreamToken:
     return StreamToken(token=token, expires_at=expires_at)
 
 
-@dataclass(frozen=True)
-class Opener:
-    """What both streams are opened with: the request, its caller and the streams' parts."""
-
-    request: Request
-    user: Caller | StreamCaller
-    storage: Storage
-
-    @property
-    def feed(self) -> LiveFeed:
-        return _realtime(self.request).feed
-
-    def deps(self) -> StreamDeps:
-        return _deps(self.request, self.storage)
-
-    async def owned(self, subscriber: Subscriber, check: Awaitable[T]) -> T:
-        """`check`'s answer (that the caller may follow what `subscriber` follows), the
-        subscriber closed if it fails (a 404, or the client gone meanwhile)."""
-        try:
-            return await check
-        except BaseException:
-            subscriber.close()
-            raise
+async def _owned(subscriber: Subscriber, check: Awaitable[T]) -> T:
+    """`check`'s answer (that the caller may follow what `subscriber` follows), the subscriber
+    closed if it fails (a 404, or the client gone meanwhile)."""
+    try:
+        return await check
+    except BaseException:
+        subscriber.close()
+        raise
 
 
-async def opener(request: Request, user: StreamUser, storage: AppStorage) -> Opener:
-    return Opener(request, user, storage)
-
-
-Opening = Annotated[Opener, Depends(opener)]
-
-
-async def _own_conversation(opening: Opener, conversation_id: uuid.UUID) -> None:
-    async with opening.request.app.state.runtime.sessions() as db:
-        await owned_conversation(db, opening.user.id, conversation_id)
+async def _own_conversation(
+    request: Request, user_id: uuid.UUID, conversation_id: uuid.UUID
+) -> None:
+    async with request.app.state.runtime.sessions() as db:
+        await owned_conversation(db, user_id, conversation_id)
 
 
 @router.get(
@@ -256,20 +233,22 @@ async def _own_conversation(opening: Opener, conversation_id: uuid.UUID) -> None
 )
 async def generation_events(
     generation_id: uuid.UUID,
-    opening: Opening,
+    request: Request,
+    user: StreamUser,
+    storage: AppStorage,
     last_event: LastEventId = None,
     last_event_id_query: Annotated[LastEventQuery, Query(alias="last_event_id")] = None,
 ) -> Response:
     resume_after = last_event_id(last_event, last_event_id_query)
     # Subscribe before reading, so nothing published in between is missed.
-    subscriber = opening.feed.generation(generation_id)
-    pg = opening.request.app.state.pg
-    gen = await opening.owned(subscriber, owned_generation_row(pg, opening.user.id, generation_id))
+    subscriber = _realtime(request).feed.generation(generation_id)
+    pg = request.app.state.pg
+    gen = await _owned(subscriber, owned_generation_row(pg, user.id, generation_id))
     if Status(gen.status).is_terminal and resume_after is not None and resume_after >= gen.version:
         # The client has the final event: 204 tells an EventSource not to reconnect.
         subscriber.close()
         return Response(status_code=204)
-    stream = GenerationStream(opening.deps(), subscriber, gen, resume_after)
+    stream = GenerationStream(_deps(request, storage), subscriber, gen, resume_after)
     log.info("Generation stream opened", generation_id=str(gen.id), resume_after=resume_after)
     return EventStream(subscriber, stream.events(), lambda: stream.done, stream)
 
@@ -282,13 +261,15 @@ async def generation_events(
 )
 async def conversation_events(
     conversation_id: uuid.UUID,
-    opening: Opening,
+    request: Request,
+    user: StreamUser,
+    storage: AppStorage,
     last_event: LastEventId = None,
     last_event_id_query: Annotated[LastEventQuery, Query(alias="last_event_id")] = None,
 ) -> Response:
     resume_after = last_event_id(last_event, last_event_id_query)
-    subscriber = opening.feed.conversation(conversation_id)
-    await opening.owned(subscriber, _own_conversation(opening, conversation_id))
-    stream = ConversationStream(opening.deps(), subscriber, conversation_id, resume_after)
+    subscriber = _realtime(request).feed.conversation(conversation_id)
+    await _owned(subscriber, _own_conversation(request, user.id, conversation_id))
+    stream = ConversationStream(_deps(request, storage), subscriber, conversation_id, resume_after)
     log.info("Conversation stream opened", conversation_id=str(conversation_id))
     return EventStream(subscriber, stream.events())
