@@ -3,8 +3,6 @@ never given back (asyncpg's `Pool.close` waits for every one)."""
 
 from __future__ import annotations
 
-import asyncio
-
 import asyncpg
 import pytest
 from shared.db.raw import close_pool, open_pool
@@ -17,11 +15,8 @@ async def test_a_pool_with_a_connection_never_released_closes_within_the_grace(
     pool = await open_pool(prepared, size=2)
     leaked = await pool.acquire()  # a stuck request's, never released
     await leaked.fetchval("SELECT 1")
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    await close_pool(pool, within=0.5)
+    await close_pool(pool, within=0.5)  # with asyncpg's close alone: waits for ever
     # Ended by the grace, not by the connection: it was closed by force.
-    assert loop.time() - started < 10
     assert pool.is_closing()
     with pytest.raises(asyncpg.InterfaceError):  # the leaked connection is gone with it
         await leaked.fetchval("SELECT 1")

@@ -168,7 +168,9 @@ _NEW_WINDOW = text("INSERT INTO submit_windows (name) VALUES (:n) ON CONFLICT DO
 
 # A render command's job, once: `cancelled` if its generation ended, `failed` if refused, else
 # `queued`, with its place in the queue (the queued jobs ahead of it in the statement's
-# snapshot, plus one), reported with it and kept as the place last reported.
+# snapshot, plus one), reported with it and kept as the place last reported. (`:provider` is
+# cast in the count: asyncpg deduces one type per parameter, and the insert's column alone
+# would not agree with the comparison's.)
 _RECORD = text(
     f"""
     WITH g AS (
