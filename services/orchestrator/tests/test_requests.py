@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from orchestrator.handlers import RENDER_REQUESTED_WITH_IT
 from orchestrator.main import build
 from pydantic import SecretStr
 from shared.messages import GenerationRequested, RenderRequested
@@ -111,12 +112,16 @@ async def test_auto_confirm_dispatches_exactly_one_render(
     command = RenderRequested.model_validate_json(commands.of(gen.id)[0].body)
     assert command.spec.model_dump(mode="json") == after.spec
     assert command.user_id == gen.user_id
-    # Its own confirmed event came back through orchestrator.confirmations: handled once.
-    confirmations = orchestrator.consumer("orchestrator.confirmations")
-    await eventually(lambda: confirmations.handled == 1)
-    assert await rows.outbox(gen.id, "render.requested") == ["render.requested"]
+    # Its own confirmed event says the render went out with it: orchestrator.confirmations
+    # acks it without a transaction (no claim, no second look at the dispatch guard).
     await eventually(lambda: events.of(gen.id))
     assert events.routing_keys(gen.id) == ["generation.confirmed"]
+    assert events.of(gen.id)[0].headers[RENDER_REQUESTED_WITH_IT] == 1
+    confirmations = orchestrator.consumer("orchestrator.confirmations")
+    await eventually(lambda: confirmations.needed_nothing == 1)
+    assert (confirmations.handled, confirmations.duplicates) == (0, 0)
+    assert await rows.outbox(gen.id, "render.requested") == ["render.requested"]
+    assert len(commands.of(gen.id)) == 1
 
 
 async def test_request_for_a_generation_cancelled_meanwhile_does_nothing(

@@ -160,6 +160,8 @@ class PlainIdempotentConsumer(Generic[M]):
         pool: Callable[[], Any],
         relay: OutboxRelay,
         metrics: ServiceMetrics | None = None,
+        *,
+        needs_nothing: Callable[[AbstractIncomingMessage], bool] | None = None,
     ) -> None:
         self.name = name
         self.message_type = message_type
@@ -167,8 +169,13 @@ class PlainIdempotentConsumer(Generic[M]):
         self.pool = pool  # the pool, once opened (the service opens it at start)
         self.relay = relay
         self.metrics = metrics
+        # Messages it returns True for are acked with no transaction: their publisher marked
+        # them as already acted upon (a header only services can set), so applying them would
+        # be a no-op that still costs a claim and a commit.
+        self.needs_nothing = needs_nothing
         self.handled = 0
         self.duplicates = 0
+        self.needed_nothing = 0
 
     async def __call__(self, raw: AbstractIncomingMessage) -> None:
         """Handle one message taken from the queue by a `QueueConsumer` (which acks it after
@@ -176,6 +183,9 @@ class PlainIdempotentConsumer(Generic[M]):
         with log_context(
             consumer=self.name, message_id=raw.message_id, generation_id=raw.correlation_id
         ):
+            if self.needs_nothing is not None and self.needs_nothing(raw):
+                self.needed_nothing += 1
+                return
             parsed = read_checked(raw, self.message_type, self.name)
             if isinstance(parsed, str):
                 await dead_letter_raw(raw, self.name, parsed)

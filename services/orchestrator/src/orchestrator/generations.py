@@ -72,11 +72,16 @@ async def with_generation(
 
 
 async def transition(
-    tx: Transaction, gen: GenerationRow, trigger: Trigger, **changes: Any
+    tx: Transaction,
+    gen: GenerationRow,
+    trigger: Trigger,
+    *,
+    event_headers: dict[str, Any] | None = None,
+    **changes: Any,
 ) -> Decision:
     """Move `gen` by `trigger`, writing `changes` with it. Raises `IllegalTransition` or
     `ConcurrentUpdate`; on success `gen` holds the new values and its events are in the
-    outbox (written by the same statement as the compare-and-set)."""
+    outbox (written by the same statement as the compare-and-set, with `event_headers`)."""
     before = Status(gen.status)
     decision, values, now = plan(gen, trigger, changes)
     telemetry.label(gen.id, gen.user_id)
@@ -95,7 +100,8 @@ async def transition(
                         conversation_id=gen.conversation_id,
                         snapshot=shot,
                         occurred_at=now,
-                    )
+                    ),
+                    headers=event_headers,
                 )
                 for event in decision.events
             ]

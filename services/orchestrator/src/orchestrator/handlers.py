@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 from shared.consumer import Transaction
 from shared.domain import clarifier, pricing, quotas
@@ -25,6 +26,14 @@ log = get_logger("ORCHESTRATOR")
 # one RenderRequested per generation, whatever confirmed events arrive (the per-message inbox
 # only stops redeliveries of the *same* event). The worker's render_jobs row guards once more.
 DISPATCH_GUARD = "orchestrator.dispatch"
+# On the generation.confirmed event of an auto-confirmed generation: the transaction that
+# confirmed it also requested its render, so orchestrator.confirmations has nothing to do with
+# it (it would only find the render requested, at the cost of a claim and a commit).
+RENDER_REQUESTED_WITH_IT = "reelflow.render_requested"
+
+
+def render_requested_with_it(raw: AbstractIncomingMessage) -> bool:
+    return bool((raw.headers or {}).get(RENDER_REQUESTED_WITH_IT))
 
 
 @dataclass(frozen=True)
@@ -85,7 +94,12 @@ class Handlers:
                 log.warning("Auto-confirmation refused", limit=exc.limit)
                 return
         await transition(
-            tx, gen, trigger, spec=spec.model_dump(mode="json"), estimated_cost_usd=cost
+            tx,
+            gen,
+            trigger,
+            event_headers={RENDER_REQUESTED_WITH_IT: 1} if gen.auto_confirm else None,
+            spec=spec.model_dump(mode="json"),
+            estimated_cost_usd=cost,
         )
         log.info("Spec ready", auto_confirm=gen.auto_confirm, estimated_cost_usd=str(cost))
         if gen.auto_confirm:

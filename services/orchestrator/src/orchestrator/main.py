@@ -13,7 +13,7 @@ from shared.settings import Settings
 from shared.topology import ORCHESTRATOR_CONFIRMATIONS, ORCHESTRATOR_REPORTS, ORCHESTRATOR_REQUESTS
 
 from orchestrator import sql
-from orchestrator.handlers import Handlers
+from orchestrator.handlers import Handlers, render_requested_with_it
 from orchestrator.sweeper import Sweeper
 
 PREFETCH = 10  # per queue, as `ConsumerService` gives FastStream's subscribers
@@ -100,6 +100,7 @@ def build(settings: Settings) -> OrchestratorService:
                 pool.get,
                 relay,
                 metrics,
+                needs_nothing=render_requested_with_it,
             ),
         ),
         (
