@@ -2,6 +2,8 @@
 
 wrk is a closed loop (each connection sends its next request when the answer arrives): its
 requests/s is the server's capacity at 50 in flight, its percentiles the latency at that load.
+Paced (`pause_ms`), each connection waits that long after an answer before its next request:
+the same 50 clients, offering less than the capacity (the latency of a server not saturated).
 """
 
 from __future__ import annotations
@@ -48,9 +50,10 @@ def parse(output: str) -> dict[str, Any]:
     }
 
 
-def lua_cycle(requests: list[tuple[str, dict[str, str]]]) -> str:
+def lua_cycle(requests: list[tuple[str, dict[str, str]]], pause_ms: float | None = None) -> str:
     """A wrk script sending these GETs in turn (path, headers): e.g. many users, each reading
-    its own generation with its own key."""
+    its own generation with its own key; with `pause_ms`, each connection pauses that long
+    between an answer and its next request (wrk's `delay`)."""
 
     def text(value: str) -> str:
         return f"[[{value}]]"  # a Lua long string: quotes in ETags need no escaping
@@ -69,6 +72,7 @@ def lua_cycle(requests: list[tuple[str, dict[str, str]]]) -> str:
             "  i = i % #requests + 1",
             '  return wrk.format("GET", requests[i][1], requests[i][2])',
             "end",
+            *(["delay = function()", f"  return {pause_ms:.3f}", "end"] if pause_ms else []),
             "",
         ]
     )
@@ -79,13 +83,15 @@ async def wrk(
     requests: list[tuple[str, dict[str, str]]],
     seconds: float,
     connections: int = CONNECTIONS,
+    pause_ms: float | None = None,
 ) -> dict[str, Any]:
-    """wrk against `url`'s server, cycling through `requests` (path, headers)."""
+    """wrk against `url`'s server, cycling through `requests` (path, headers), each connection
+    pausing `pause_ms` between an answer and its next request if given."""
     exe = ensure_wrk()
     if exe is None:
         raise RuntimeError("wrk is not installed and could not be installed")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(lua_cycle(requests))
+        script.write(lua_cycle(requests, pause_ms))
     args = [exe, "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s", "--latency"]
     proc = await asyncio.create_subprocess_exec(
         *args,
@@ -99,6 +105,8 @@ async def wrk(
     os.remove(script.name)
     result = parse(out.decode())
     result["connections"] = connections
+    if pause_ms:
+        result["pause_ms"] = round(pause_ms, 3)
     if proc.returncode != 0:
         result["error"] = err.decode()[-500:]
     return result
