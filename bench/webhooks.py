@@ -17,6 +17,7 @@ from typing import Any
 
 import aio_pika
 import aiohttp
+import asyncpg
 from aio_pika.abc import DeliveryMode
 from shared.messages import LifecycleEvent
 from shared.schemas import GenerationParams
@@ -152,4 +153,65 @@ async def delivery_rate(
         "overall_per_s": round(got / (arrivals[-1] - started), 1) if got else None,
         "first_after_s": round(arrivals[0] - started, 3) if got else None,
         "last_after_s": round(arrivals[-1] - started, 3) if got else None,
+    }
+
+
+HELD_METRIC = "reelflow_webhook_deliveries_in_memory"
+
+
+async def notifier_held(metrics_url: str) -> int | None:
+    """Deliveries the notifier holds in memory (queued in a lane, in flight, being recorded),
+    from its `/metrics`; None when the gauge is not there."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(metrics_url, timeout=aiohttp.ClientTimeout(total=5)) as r,
+    ):
+        text = await r.text()
+    for line in text.splitlines():
+        if line.startswith(HELD_METRIC + " "):
+            return int(float(line.split()[1]))
+    return None
+
+
+async def wait_unheld(metrics_url: str, within: float) -> dict[str, Any]:
+    """Wait until the notifier holds no delivery in memory (for at most `within` s)."""
+    started = time.monotonic()
+    held = await notifier_held(metrics_url)
+    while held and time.monotonic() - started < within:
+        await asyncio.sleep(0.2)
+        held = await notifier_held(metrics_url)
+    return {"held": held, "waited_s": round(time.monotonic() - started, 2)}
+
+
+# A deleted endpoint's deliveries, by how far they got.
+ENDPOINT_DELIVERIES_SQL = """
+SELECT count(*) AS deliveries,
+       count(*) FILTER (WHERE EXISTS (SELECT 1 FROM webhook_attempts a
+                                      WHERE a.delivery_id = d.id)) AS attempted
+FROM webhook_deliveries d WHERE endpoint_id = $1
+"""
+
+# What the sweeper does to a deleted endpoint's pending delivery once its lease has run out
+# (`sql.FINISH` with 'failed'), done at once. Only rows nobody holds: called when the notifier
+# holds nothing in memory.
+FAIL_PENDING_SQL = """
+UPDATE webhook_deliveries SET status = 'failed', next_attempt_at = NULL
+WHERE endpoint_id = $1 AND status = 'pending'
+  AND EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.id = $1 AND e.status = 'deleted')
+"""
+
+
+async def fail_leftovers(database: str, endpoint_id: str) -> dict[str, Any]:
+    """A deleted endpoint's deliveries (counts), its pending ones marked failed."""
+    db = await asyncpg.connect(database)
+    try:
+        eid = uuid.UUID(endpoint_id)
+        before = dict(await db.fetchrow(ENDPOINT_DELIVERIES_SQL, eid))
+        done = await db.execute(FAIL_PENDING_SQL, eid)
+    finally:
+        await db.close()
+    return {
+        "deliveries": int(before["deliveries"]),
+        "attempted": int(before["attempted"]),
+        "pending_failed_by_the_bench": int(done.split()[-1]),
     }
