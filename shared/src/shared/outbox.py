@@ -218,16 +218,19 @@ def install_outbox_hooks() -> None:
 # -- plain asyncpg transactions ------------------------------------------------------------------
 
 
-def plain_insert(first: int, *, where: str | None = None) -> str:
+def plain_insert(first: int, *, where: str | None = None, body: str = "b") -> str:
     """The INSERT of an `Outgoing`'s rows (its `arrays()` bound to `$first` … `$first+6`), one
     statement for all of them, returning each row's `id` and `message_id`: on its own, or as a
     CTE of the caller's statement (one round trip for a state change and its messages), then
-    perhaps only `where` a condition on the statement's other CTEs holds."""
+    perhaps only `where` a condition on the statement's other CTEs holds. `body`: the SQL of
+    the body written, from the staged one (`b`), for a value only the statement computes (the
+    caller puts the same body in its row before `written()`)."""
     p = [f"${first + i}" for i in range(7)]
     return (
         f"INSERT INTO outbox ({_COLUMNS}, created_at) "
-        f"SELECT m, e, r, t, c, b, h::jsonb, now() FROM unnest({p[0]}::uuid[], {p[1]}::text[], "
-        f"{p[2]}::text[], {p[3]}::text[], {p[4]}::text[], {p[5]}::text[], {p[6]}::text[]) "
+        f"SELECT m, e, r, t, c, {body}, h::jsonb, now() "
+        f"FROM unnest({p[0]}::uuid[], {p[1]}::text[], {p[2]}::text[], "
+        f"{p[3]}::text[], {p[4]}::text[], {p[5]}::text[], {p[6]}::text[]) "
         f"AS u(m, e, r, t, c, b, h) {f'WHERE {where} ' if where else ''}RETURNING id, message_id"
     )
 
