@@ -8,16 +8,24 @@ same `message_id`; consumers' inboxes make that harmless.
 The fast path: `enqueue` stages the row on the session; the session's commit writes it (one
 INSERT for all of a transaction's rows, just before the commit) and, once committed, hands it
 to the relay of the session's maker (`ServiceRuntime` puts it in the maker's `info`), which
-publishes it at once — no polling between a commit and its messages going out — under the
-row's lock (`FOR UPDATE SKIP LOCKED`, still unpublished), and marks it published in that
-transaction after the confirm. Polling is only the safety net: every `idle_poll_seconds` (and
-on `wake()`) a relay claims unpublished rows with `FOR UPDATE SKIP LOCKED`, leaving a row that
-a running relay took over alone for `HANDOVER_GRACE_SECONDS` (its own relay is publishing it;
-after that its process is presumed dead, and any relay publishes it). A busy process's relay
-can hold rows longer than that (under overload, handed-over rows wait seconds for their
-turn): the lock is what keeps such a row published once — whichever relay locks it first
-publishes and marks it, the other skips it or finds it marked. Rows committed by a session
-without a relay (tests, tools) are claimed at the next poll, or at once on `wake()`.
+publishes it at once — no polling between a commit and its messages going out. Polling is only
+the safety net: every `idle_poll_seconds` (and on `wake()`) a relay claims unpublished rows
+with `FOR UPDATE SKIP LOCKED`, leaving a row that a running relay took over alone for
+`HANDOVER_GRACE_SECONDS` (its own relay is publishing it; after that its process is presumed
+dead, and any relay publishes it). Rows committed by a session without a relay (tests, tools)
+are claimed at the next poll, or at once on `wake()`.
+
+A handed-over row is published in one of two ways, by its age (since its INSERT returned):
+- fresh (under `FRESH_SECONDS`, far inside the grace: the usual case): published at once, no
+  statement first, and marked published afterwards with the others confirmed meanwhile — one
+  UPDATE per `MARK_EVERY_SECONDS` for all of them. No other relay takes such a row before the
+  grace, and the marks land long before it. (A per-row lock and mark transaction had been 4 of
+  the ~45 statements of each generation's every message: ~10 transactions per generation.)
+- older (a busy process's relay held it for a while: under overload, handed-over rows wait
+  seconds for their turn): under its row lock (`FOR UPDATE SKIP LOCKED`, still unpublished),
+  and marked in that transaction after the confirm. The lock is what keeps such a row
+  published once when it has passed the grace — whichever relay locks it first publishes and
+  marks it, the other skips it or finds it marked.
 
 Tracing: a row keeps the W3C context it was written in (`traceparent`, `tracestate` in its
 headers); the relay publishes it inside a PRODUCER span that is that context's child, and the
@@ -30,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -127,6 +136,11 @@ _STAGED = "reelflow.outbox.staged"  # rows enqueued in the session's current tra
 _WRITTEN = "reelflow.outbox.written"  # rows the commit under way wrote, for the hand-over
 _HANDED = "reelflow.handed_over"  # in a stored row's headers (never sent): a relay has it
 HANDOVER_GRACE_SECONDS = 5.0
+# A handed-over row younger than this is published without its lock, and marked in a batch
+# within MARK_EVERY_SECONDS: both far inside the grace, before which no other relay takes it.
+FRESH_SECONDS = 1.0
+MARK_EVERY_SECONDS = 0.05
+_WRITTEN_AT = "written_at"  # in a handed-over row: the monotonic time its INSERT returned
 
 _COLUMNS = "message_id, exchange, routing_key, type, correlation_id, body, headers"
 _CLAIM = text(
@@ -188,8 +202,10 @@ def _write_staged(session: Session) -> None:
         )
     ids = session.execute(_insert(len(staged)), params).scalars().all()
     if handing:
+        written_at = time.monotonic()
         for row, row_id in zip(staged, ids, strict=True):
             row["id"] = row_id
+            row[_WRITTEN_AT] = written_at
         session.info.setdefault(_WRITTEN, []).extend(staged)
 
 
@@ -290,8 +306,10 @@ class Outgoing:
     def written(self, rows: list[dict[str, Any]], returned: Any) -> None:
         """`rows` were inserted (`returned`: the INSERT's `(id, message_id)` pairs)."""
         ids = {message_id: row_id for row_id, message_id in returned}
+        written_at = time.monotonic()
         for row in rows:
             row["id"] = ids[row["message_id"]]
+            row[_WRITTEN_AT] = written_at
         self.rows.extend(rows)
 
     async def write(self, conn: Any, rows: list[dict[str, Any]]) -> None:
@@ -335,7 +353,11 @@ class OutboxRelay:
         # A plain asyncpg pool (a callable returning it) to lock and mark handed-over rows
         # with, when the process has one (`use_pool`), instead of a session.
         self._pool: Callable[[], Any] | None = None
+        self._unmarked: list[int] = []  # fresh rows published, their marks not yet written
+        self._marks_due = asyncio.Event()
+        self._marker: asyncio.Task[None] | None = None
         self.published = 0
+        self.published_fresh = 0  # of which fresh, published with no statement before
 
     def wake(self) -> None:
         """Call after committing outbox rows so they go out now, not at the next poll.
@@ -372,12 +394,16 @@ class OutboxRelay:
             name: await self._channel.get_exchange(name) for name in (EVENTS, COMMANDS, LIVE)
         }
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
+        self._marker = asyncio.create_task(self._mark_loop(), name="outbox-marks")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._marker):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        with contextlib.suppress(Exception):  # what is left is republished after the grace
+            await self._write_marks()
         if self._connection:
             await self._connection.close()
 
@@ -414,12 +440,30 @@ class OutboxRelay:
             self._wake.clear()
 
     async def _publish_handed(self) -> None:
-        """Publish handed-over rows (a batch) under their locks, those still unpublished, and
-        mark them in the same transaction. Without the lock, a row this relay held past the
-        grace (a busy process) went out twice: the safety net of another relay (or this one)
-        claimed and published it, then this relay published it again. Rows whose publishing
-        failed stay unmarked (rolled back): a relay claims them after the grace period."""
+        """Publish handed-over rows (a batch): the fresh ones at once, marked later in a batch
+        (`_mark_loop`); the others under their locks, those still unpublished, marked in the
+        same transaction. Without the lock, a row this relay held past the grace (a busy
+        process) went out twice: the safety net of another relay (or this one) claimed and
+        published it, then this relay published it again. Rows whose publishing failed stay
+        unmarked: a relay claims them after the grace period."""
         batch, self._pending = self._pending[: self._batch], self._pending[self._batch :]
+        old = time.monotonic() - FRESH_SECONDS
+        fresh = [row for row in batch if row.get(_WRITTEN_AT, old) > old]
+        if fresh:
+            outcomes = await asyncio.gather(
+                *(self._publish(row) for row in fresh), return_exceptions=True
+            )
+            sent = [row for row, error in zip(fresh, outcomes, strict=True) if error is None]
+            self._count(sent)
+            self.published_fresh += len(sent)
+            self._unmarked.extend(row["id"] for row in sent)
+            self._marks_due.set()
+            for error in outcomes:
+                if isinstance(error, BaseException):
+                    raise error
+            if len(fresh) == len(batch):
+                return
+            batch = [row for row in batch if row.get(_WRITTEN_AT, old) <= old]
         ids = [row["id"] for row in batch]
         if self._pool is not None:
             async with self._pool().acquire() as conn, conn.transaction():
@@ -434,6 +478,35 @@ class OutboxRelay:
                     _fetch(session, _LOCK_HANDED, {"ids": ids}), _marker(session), batch
                 )
         self._count(rows)
+
+    async def _mark_loop(self) -> None:
+        """Mark the fresh rows published, those confirmed within `MARK_EVERY_SECONDS` in one
+        UPDATE. A failed mark is tried again next round (a row still unmarked at the grace is
+        published once more by a safety net: a duplicate the consumers' inboxes ignore)."""
+        while True:
+            await self._marks_due.wait()
+            await asyncio.sleep(MARK_EVERY_SECONDS)
+            self._marks_due.clear()
+            try:
+                await self._write_marks()
+            except Exception as exc:  # the database is away: keep the ids, try again soon
+                log.warning("Marking published rows failed, will retry", error=str(exc)[:300])
+                self._marks_due.set()
+                await asyncio.sleep(1.0)
+
+    async def _write_marks(self) -> None:
+        ids, self._unmarked = self._unmarked, []
+        if not ids:
+            return
+        try:
+            if self._pool is not None:
+                await self._pool().execute(_MARK_PLAIN, ids)
+            else:
+                async with self._sessions() as session, session.begin():
+                    await session.execute(_MARK, {"ids": ids})
+        except BaseException:
+            self._unmarked[:0] = ids
+            raise
 
     async def drain_once(self) -> int:
         """Publish one batch of claimed rows; the number published (0 when none is waiting)."""
