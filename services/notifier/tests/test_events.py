@@ -11,12 +11,15 @@ from decimal import Decimal
 from typing import TypeVar
 
 import pytest
+from notifier.intake import CONSUMER
+from notifier.main import NotifierService
 from shared.db.models import ChatMessage, Generation, WebhookDelivery
 from shared.media import LinkSigner, thumbnail_key, video_key
 from shared.messages import LifecycleEvent
 from shared.schemas import Choice, ErrorInfo, Progress, Question, RenderResult, RenderSpec
 from shared.state_machine import Event, Status
-from sqlalchemy import select
+from shared.topology import NOTIFIER_EVENTS
+from sqlalchemy import select, text
 from sqlmodel import col
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -345,3 +348,69 @@ async def test_a_registered_endpoint_verifies_with_its_own_secret(
     with pytest.raises(WebhookVerificationError):
         NEXTJS_VERIFIER.verify(hit.body, hit.headers)
     assert time.time() - int(hit.headers["webhook-timestamp"]) < 60
+
+
+async def inbox_rows(world: World, message_id: str) -> int:
+    async with world.sessions() as session:
+        count = await session.scalar(
+            text("SELECT count(*) FROM inbox WHERE consumer = :c AND message_id = :m"),
+            {"c": CONSUMER, "m": message_id},
+        )
+    return int(count or 0)
+
+
+def acked(service: NotifierService) -> float:
+    value = service.runtime.registry.get_sample_value(
+        "reelflow_messages_consumed_total", {"queue": NOTIFIER_EVENTS.name, "outcome": "acked"}
+    )
+    return value or 0.0
+
+
+def progress(gen: Generation) -> LifecycleEvent:
+    return lifecycle(
+        gen, Event.PROGRESS, Status.PROCESSING, progress=Progress(stage="generating", percent=40)
+    )
+
+
+async def test_progress_nobody_asked_for_is_acked_without_an_inbox_row(
+    world: World, notifier, receivers, publish
+) -> None:
+    nextjs, everything = await receivers(), await receivers()
+    await world.endpoint(everything.url)  # no filter: everything but progress
+    service = await notifier(NEXTJS_URL=nextjs.base)  # NEXTJS_URL never gets progress either
+    message_id = await publish(progress(world.generation))
+
+    await eventually(lambda: _true(service.intake.needed_nothing == 1 and acked(service) == 1))
+    assert (service.intake.handled, service.intake.duplicates) == (0, 0)
+    assert await inbox_rows(world, message_id) == 0
+    assert await deliveries(world) == []
+    assert await messages(world) == []
+    assert nextjs.hits == [] and everything.hits == []
+
+
+async def test_progress_an_endpoint_asked_for_is_delivered_once_whatever_the_redeliveries(
+    world: World, notifier, receivers, publish
+) -> None:
+    receiver = await receivers()
+    await world.endpoint(receiver.url, events=["generation.progress"])
+    service = await notifier()
+    event = progress(world.generation)
+    message_id = await publish(event)
+
+    (hit,) = await eventually(lambda: _true(receiver.hits))
+    assert hit.event == "generation.progress"
+    await eventually(lambda: _settled(world))
+    assert service.intake.handled == 1 and service.intake.needed_nothing == 0
+    assert await inbox_rows(world, message_id) == 1
+
+    await publish(event, message_id=message_id)  # redelivered: the inbox catches it
+    await eventually(lambda: _true(service.intake.duplicates == 1 and acked(service) == 2))
+    assert (service.intake.handled, service.intake.needed_nothing) == (1, 0)
+    (delivery,) = await deliveries(world)
+    assert delivery.event == "generation.progress" and delivery.status == "succeeded"
+    assert len(receiver.hits) == 1
+    assert await inbox_rows(world, message_id) == 1
+
+
+async def _true(value: T) -> T:
+    return value

@@ -1,9 +1,14 @@
 """Lifecycle events → assistant messages and webhook deliveries, a batch per transaction.
 
-The `notifier.events` consumer takes what has arrived (up to `EVENTS_BATCH` events) and, in one
-transaction: records each message id in the inbox (a message handled before is a duplicate
-and changes nothing), adds at most one assistant message per event (`messages.source_event_id`
-is unique) and its live notice (outbox), reads the users' active endpoints, and writes one
+The `notifier.events` consumer takes what has arrived (up to `EVENTS_BATCH` events) and first
+reads the users' active endpoints (a plain query, no transaction). An event with no assistant
+message to add (`messages.compose`: none for processing and progress) and no target
+(`targets.targets_for`: progress goes only to endpoints that ask for it by name) needs nothing:
+it is acked with no transaction and no inbox row (counted as `needed_nothing`) — most progress
+events, which would otherwise each cost a claim and a commit. A batch of such events opens no
+transaction at all. The others, in one transaction: each message id is recorded in the inbox (a
+message handled before is a duplicate and changes nothing), at most one assistant message per
+event is added (`messages.source_event_id` is unique) with its live notice (outbox), and one
 delivery row per target (unique on webhook-id and target), leased to this process. After the
 commit each new delivery goes to its endpoint's lane (delivery.py) and the messages are acked:
 the consumer never waits on HTTP. A batch that fails is tried event by event, so one bad event
@@ -81,6 +86,7 @@ class _Applied:
     replies: dict[int, uuid.UUID]  # id(event) → the assistant message added for it
     created: list[tuple[_Event, Target, uuid.UUID]]
     notices: Outgoing  # the live notices written, for the relay once committed
+    nothing: set[int]  # id(event) of the events that needed nothing: acked with no transaction
 
 
 class Intake:
@@ -102,8 +108,9 @@ class Intake:
             Batcher("lifecycle-events", self.handle, max_batch=EVENTS_BATCH, workers=2),
             consumer_metrics,
         )
-        self.handled = 0
-        self.duplicates = 0
+        self.handled = 0  # events applied (inbox claim, replies, deliveries)
+        self.duplicates = 0  # events whose message id the inbox had already seen
+        self.needed_nothing = 0  # events with no reply and no target: acked, no transaction
 
     async def handle(self, batch: list[Received]) -> None:
         events: list[_Event] = []
@@ -179,17 +186,46 @@ class Intake:
     async def _apply(self, events: list[_Event]) -> _Applied:
         pool = self.deliverer.db()
         outgoing = Outgoing(self.relay)
-        async with pool.acquire() as conn, conn.transaction():
-            fresh = await claim_many_plain(conn, CONSUMER, [e.message_id for e in events])
-            new: list[_Event] = []
+        async with pool.acquire() as conn:
+            # The endpoints are read before the transaction and the rows reused in it. Read
+            # inside it they would be no more consistent: at READ COMMITTED, with no lock taken,
+            # the SELECT in the transaction saw the endpoints as of that statement, and one
+            # registered, disabled, deleted (a status: the row stays) or rotated before the
+            # commit was missed all the same. An endpoint registered a moment after this read
+            # misses the event as it would have missed it a moment after that SELECT; and a
+            # redelivered event that needed nothing is judged afresh (it left no inbox row).
+            endpoints = await self._endpoints(conn, events)
+            targets: dict[int, list[Target]] = {}
+            needy: list[_Event] = []
+            nothing: set[int] = set()
             for e in events:
-                if e.message_id in fresh:
-                    fresh.discard(e.message_id)  # a second copy in the same batch is a duplicate
-                    new.append(e)
-            replies, notices = await self._replies(conn, new)
-            created = await self._deliveries(conn, new)
-            await outgoing.write(conn, notices)
-        return _Applied(new, replies, created, outgoing)
+                its = targets_for(e.event, self.settings.nextjs_url, endpoints[e.event.user_id])
+                if e.reply is None and not its:
+                    nothing.add(id(e))
+                    continue
+                targets[id(e)] = its
+                needy.append(e)
+            if not needy:  # no claim, no transaction: nothing to record, nothing to dedupe
+                return _Applied([], {}, [], outgoing, nothing)
+            async with conn.transaction():
+                fresh = await claim_many_plain(conn, CONSUMER, [e.message_id for e in needy])
+                new: list[_Event] = []
+                for e in needy:
+                    if e.message_id in fresh:
+                        fresh.discard(e.message_id)  # a second copy in this batch: a duplicate
+                        new.append(e)
+                replies, notices = await self._replies(conn, new)
+                created = await self._deliveries(conn, new, targets)
+                await outgoing.write(conn, notices)
+        return _Applied(new, replies, created, outgoing, nothing)
+
+    async def _endpoints(self, conn: Any, events: list[_Event]) -> dict[uuid.UUID, list[Any]]:
+        """The active endpoints of the events' users (rows of `sql.ENDPOINTS_OF_USERS`)."""
+        endpoints: dict[uuid.UUID, list[Any]] = defaultdict(list)
+        users = sorted({e.event.user_id for e in events})
+        for row in await conn.fetch(sql.ENDPOINTS_OF_USERS, users):
+            endpoints[row["user_id"]].append(row)
+        return endpoints
 
     async def _replies(
         self, conn: Any, new: list[_Event]
@@ -230,19 +266,11 @@ class Intake:
         return replies, notices
 
     async def _deliveries(
-        self, conn: Any, new: list[_Event]
+        self, conn: Any, new: list[_Event], targets: dict[int, list[Target]]
     ) -> list[tuple[_Event, Target, uuid.UUID]]:
-        """One delivery per target (unique on webhook-id and target), leased to this process."""
-        users = sorted({e.event.user_id for e in new})
-        endpoints: dict[uuid.UUID, list[Any]] = defaultdict(list)
-        if users:
-            for row in await conn.fetch(sql.ENDPOINTS_OF_USERS, users):
-                endpoints[row["user_id"]].append(row)
-        planned = [
-            (e, t, uuid.uuid4())
-            for e in new
-            for t in targets_for(e.event, self.settings.nextjs_url, endpoints[e.event.user_id])
-        ]
+        """One delivery per target (unique on webhook-id and target), leased to this process.
+        `targets`: id(event) → its targets, from the endpoints read before the transaction."""
+        planned = [(e, t, uuid.uuid4()) for e in new for t in targets[id(e)]]
         if not planned:
             return []
         planned.sort(key=lambda p: (p[0].webhook_id, p[1].name))  # one lock order everywhere
@@ -268,9 +296,17 @@ class Intake:
         queued: dict[int, int] = defaultdict(int)
         for e, _, _ in applied.created:
             queued[id(e)] += 1
+        if applied.nothing:
+            self.needed_nothing += len(applied.nothing)
+            # The hot path (most progress events): one DEBUG line a batch, nothing per event.
+            consumer_log.debug(
+                "Lifecycle events needed nothing", consumer=CONSUMER, count=len(applied.nothing)
+            )
         for i, e in enumerate(events):
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
+            if id(e) in applied.nothing:
+                continue
             with (
                 trace.use_span(e.item.span, end_on_exit=False),
                 log_context(
