@@ -305,17 +305,17 @@ class Intake:
         for i, e in enumerate(events):
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
-            if id(e) in applied.nothing:
-                continue
             with (
                 trace.use_span(e.item.span, end_on_exit=False),
-                log_context(
+                log_context(  # also labels the event's span with its generation and user
                     consumer=CONSUMER,
                     message_id=e.message_id,
                     generation_id=str(e.event.generation_id),
                     user_id=str(e.event.user_id),
                 ),
             ):
+                if id(e) in applied.nothing:
+                    continue
                 if id(e) not in fresh:
                     self.duplicates += 1
                     consumer_log.info("Duplicate ignored", type=e.item.message.type)
