@@ -60,7 +60,13 @@ class Bus:
     async def reports(self) -> Reports:
         return Reports(await record_bound(self.channel, EVENTS, "render.*"))
 
-    async def render(self, command: RenderRequested, *, message_id: str | None = None) -> str:
+    async def render(
+        self,
+        command: RenderRequested,
+        *,
+        message_id: str | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> str:
         """Publish the command as the orchestrator's relay would; its message id."""
         message_id = message_id or str(uuid.uuid4())
         await self.publish_raw(
@@ -68,11 +74,18 @@ class Bus:
             type_=command.TYPE,
             message_id=message_id,
             correlation_id=str(command.generation_id),
+            headers=headers,
         )
         return message_id
 
     async def publish_raw(
-        self, body: bytes, *, type_: str, message_id: str, correlation_id: str | None = None
+        self,
+        body: bytes,
+        *,
+        type_: str,
+        message_id: str,
+        correlation_id: str | None = None,
+        headers: dict[str, Any] | None = None,
     ) -> None:
         await (await self.channel.get_exchange(COMMANDS)).publish(
             aio_pika.Message(
@@ -82,6 +95,7 @@ class Bus:
                 correlation_id=correlation_id,
                 content_type="application/json",
                 delivery_mode=DeliveryMode.PERSISTENT,
+                headers=headers,
             ),
             routing_key="render.requested",
             mandatory=True,

@@ -55,8 +55,19 @@ async def _take(sessions: async_sessionmaker[AsyncSession], ids: list[uuid.UUID]
         )
 
 
+@pytest.fixture
+async def store(
+    sessions: async_sessionmaker[AsyncSession], prepared: Settings
+) -> AsyncIterator[JobStore]:
+    """Veo jobs' store, on its own pool (no worker running)."""
+    store = JobStore(OutboxRelay(sessions, prepared.amqp_url), "veo", owner="t", lease_seconds=30)
+    await store.open(prepared)
+    yield store
+    await store.close()
+
+
 async def test_a_long_queue_reports_each_move_near_the_front_and_further_back_by_a_tenth(
-    sessions: async_sessionmaker[AsyncSession], prepared: Settings, rows: Rows, clean_db: None
+    store: JobStore, sessions: async_sessionmaker[AsyncSession], rows: Rows, clean_db: None
 ) -> None:
     start = utcnow()
     ids = []
@@ -66,9 +77,6 @@ async def test_a_long_queue_reports_each_move_near_the_front_and_further_back_by
             command, provider="veo", status="queued", created_at=start + timedelta(seconds=n)
         )
         ids.append(command.generation_id)
-    store = JobStore(
-        sessions, OutboxRelay(sessions, prepared.amqp_url), "veo", owner="t", lease_seconds=30
-    )
 
     # Never reported (recorded before places were kept): every job gets its place.
     assert await store.report_queue_moves() == 60

@@ -9,36 +9,33 @@ once their lease has expired; a stopping process hands its jobs back at once.
 
 Each report to the orchestrator is an outbox row committed with the job's new state.
 
-A job's own steps (claiming queued jobs, the submission marker, the operation name, progress,
-the end) run on a plain asyncpg pool: each write and its report is one statement (a
-data-modifying CTE: one round trip, atomic by itself), its outbox row handed to the relay at
-once as a session's commit would. Through SQLAlchemy's session each cost a transaction of
-three to five round trips plus the session's own work, on every job. What runs rarely (the
-command's record, in the consumer's transaction; retries, takeovers, the heartbeat) keeps it.
+Everything here runs on a plain asyncpg pool (`open`), the render command's record included
+(in the consumer's transaction, `shared.consumer.PlainIdempotentConsumer`): each write and its
+report is one statement where it can be (a data-modifying CTE: one round trip, atomic by
+itself), its outbox row handed to the relay after the commit as a session's commit would.
+Through SQLAlchemy's session each cost a transaction of three to five round trips plus the
+session's own work (an ORM round trip measured ~5x an asyncpg one here).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
+from shared.consumer import Transaction
 from shared.db.raw import close_pool, open_pool
+from shared.inbox import claim_cte
 from shared.logging import get_logger
 from shared.messages import RenderReported, RenderReportKind, RenderRequested
-from shared.outbox import OutboxRelay, Outgoing, enqueue, plain_insert
+from shared.outbox import OutboxRelay, Outgoing, plain_insert
 from shared.schemas import ErrorInfo, Progress, RenderResult, RenderSpec
 from shared.settings import Settings
 from shared.state_machine import Status
 from shared.telemetry import carrier
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 log = get_logger("JOB_MANAGER")
 
@@ -77,25 +74,6 @@ _COLUMNS = (
 )
 
 
-def _job(row: Any, *, resumed: bool) -> Job:
-    return Job(
-        generation_id=row.generation_id,
-        user_id=row.user_id,
-        provider=row.provider,
-        status=row.status,
-        spec=RenderSpec.model_validate(row.spec),
-        operation_name=row.operation_name,
-        attempts=row.attempts,
-        transient_errors=row.transient_errors,
-        poll_count=row.poll_count,
-        submitted_at=row.submitted_at,
-        deadline_at=row.deadline_at,
-        created_at=row.created_at,
-        resumed=resumed,
-        trace_context=row.trace_context,
-    )
-
-
 def _job_record(row: asyncpg.Record, *, resumed: bool) -> Job:
     spec, trace = row["spec"], row["trace_context"]
     return Job(
@@ -121,99 +99,109 @@ def _free(alias: str = "") -> str:
     return f"({prefix}lease_until IS NULL OR {prefix}lease_until < now())"
 
 
+_RETURNED = ", ".join("j." + c.strip() for c in _COLUMNS.split(","))
+
 # Jobs a process takes up again: left mid-way by a holder that died (lease expired) or handed
 # back by one that stopped (lease cleared). `attempts` counts only the takeovers after a death.
-_CLAIM_STARTED = text(
-    f"""
-    UPDATE render_jobs j SET lease_owner = :me,
-        lease_until = now() + make_interval(secs => :lease),
+_CLAIM_STARTED_RAW = f"""
+    UPDATE render_jobs j SET lease_owner = $1,
+        lease_until = now() + make_interval(secs => $2::float8),
         attempts = j.attempts + CASE WHEN j.lease_until IS NULL THEN 0 ELSE 1 END,
         updated_at = now()
     FROM (SELECT generation_id FROM render_jobs
-          WHERE provider = :provider AND status IN ('submitting', 'running') AND {_free()}
-          ORDER BY created_at LIMIT :n FOR UPDATE SKIP LOCKED) c
+          WHERE provider = $3 AND status IN ('submitting', 'running') AND {_free()}
+          ORDER BY created_at LIMIT $4 FOR UPDATE SKIP LOCKED) c
     WHERE j.generation_id = c.generation_id
-    RETURNING {", ".join("j." + c.strip() for c in _COLUMNS.split(","))}
+    RETURNING {_RETURNED}
     """
-)
 
 # Queued jobs whose generation ended (cancelled while waiting for a submission slot).
-_DROP_ENDED = text(
-    f"""
+_DROP_ENDED_RAW = f"""
     UPDATE render_jobs j SET status = 'cancelled', updated_at = now()
     FROM generations g
-    WHERE g.id = j.generation_id AND j.provider = :provider AND j.status = 'queued'
-      AND {_free("j")} AND g.status = ANY(:ended)
+    WHERE g.id = j.generation_id AND j.provider = $1 AND j.status = 'queued'
+      AND {_free("j")} AND g.status = ANY($2::text[])
     RETURNING j.generation_id
     """
-)
 
-_HEARTBEAT = text(
-    """
-    UPDATE render_jobs j SET lease_until = now() + make_interval(secs => :lease)
+_HEARTBEAT_RAW = """
+    UPDATE render_jobs j SET lease_until = now() + make_interval(secs => $3::float8)
     FROM generations g
-    WHERE j.generation_id = ANY(:ids) AND j.lease_owner = :me AND g.id = j.generation_id
+    WHERE j.generation_id = ANY($1::uuid[]) AND j.lease_owner = $2 AND g.id = j.generation_id
     RETURNING j.generation_id, g.status
     """
-)
 # Between renewals only read: thousands of held rows are not rewritten every two seconds.
-_LOOK = text(
-    """
+_LOOK_RAW = """
     SELECT j.generation_id, g.status FROM render_jobs j JOIN generations g ON g.id = j.generation_id
-    WHERE j.generation_id = ANY(:ids) AND j.lease_owner = :me
+    WHERE j.generation_id = ANY($1::uuid[]) AND j.lease_owner = $2
     """
+_RELEASE_RAW = """UPDATE render_jobs SET lease_owner = NULL, lease_until = NULL
+    WHERE generation_id = ANY($1::uuid[]) AND lease_owner = $2"""
+_PAUSE_RAW = """UPDATE submit_windows SET paused_until = GREATEST(
+        COALESCE(paused_until, now()), now() + make_interval(secs => $1::float8))
+    WHERE name = $2"""
+
+# A render command's job, once (one statement, in the consumer's transaction): the message's
+# inbox claim ($1 consumer, $2 message id; `shared.inbox.claim_cte`), then — only if the claim
+# is new — the job: `cancelled` if its generation ended, `failed` if refused ($7, the refusal),
+# else `queued`, with its place in the queue (the queued jobs ahead of it in the statement's
+# snapshot, plus one), kept as the place last reported; and its report (an `Outgoing`'s arrays
+# from $11) when the job was created with the status it reports ($10). The `started` report is
+# staged with `_PLACE_MARK` for its place, which the statement fills in. `found`: the
+# generation exists (no job created: `missing`, else `duplicate`).
+_PLACE_MARK = 0  # never a real place (those count from 1)
+_PLACE_TEXT = '"queue_position":'
+_RECORD_REPORT = plain_insert(
+    11,
+    where="EXISTS (SELECT 1 FROM j WHERE j.status = $10::text)",
+    body=f"COALESCE((SELECT replace(b, '{_PLACE_TEXT}{_PLACE_MARK}', '{_PLACE_TEXT}' || "
+    "j.queue_position) FROM j WHERE j.queue_position IS NOT NULL), b)",
 )
-
-_NEW_WINDOW = text("INSERT INTO submit_windows (name) VALUES (:n) ON CONFLICT DO NOTHING")
-
-# A render command's job, once: `cancelled` if its generation ended, `failed` if refused, else
-# `queued`, with its place in the queue (the queued jobs ahead of it in the statement's
-# snapshot, plus one), reported with it and kept as the place last reported. (`:provider` is
-# cast in the count: asyncpg deduces one type per parameter, and the insert's column alone
-# would not agree with the comparison's.)
-_RECORD = text(
-    f"""
-    WITH g AS (
-        SELECT status = ANY(:ended) AS ended,
-            CASE WHEN status = ANY(:ended) THEN 'cancelled'
-                 WHEN CAST(:error AS jsonb) IS NOT NULL THEN 'failed' ELSE 'queued' END AS job
-        FROM generations WHERE id = :id)
-    INSERT INTO render_jobs (generation_id, user_id, provider, status, spec, error,
-        attempts, poll_count, transient_errors, trace_context, queue_position,
-        created_at, updated_at)
-    SELECT :id, :user, :provider, g.job, CAST(:spec AS jsonb),
-        CASE WHEN g.ended THEN NULL ELSE CAST(:error AS jsonb) END,
-        0, 0, 0, CAST(:trace AS jsonb),
-        CASE WHEN g.job = 'queued' THEN 1 + (SELECT count(*) FROM render_jobs
-            WHERE provider = CAST(:provider AS varchar) AND status = 'queued' AND {_free()})
-        END,
-        now(), now()
-    FROM g
-    ON CONFLICT (generation_id) DO NOTHING
-    RETURNING status, queue_position
+_RECORD_RAW = f"""
+    WITH {claim_cte(1, 2)},
+    g AS (
+        SELECT status = ANY($8::text[]) AS ended,
+            CASE WHEN status = ANY($8::text[]) THEN 'cancelled'
+                 WHEN $7::jsonb IS NOT NULL THEN 'failed' ELSE 'queued' END AS job
+        FROM generations WHERE id = $3),
+    j AS (
+        INSERT INTO render_jobs (generation_id, user_id, provider, status, spec, error,
+            attempts, poll_count, transient_errors, trace_context, queue_position,
+            created_at, updated_at)
+        SELECT $3, $4, $5::text, g.job, $6::jsonb,
+            CASE WHEN g.ended THEN NULL ELSE $7::jsonb END,
+            0, 0, 0, $9::jsonb,
+            CASE WHEN g.job = 'queued' THEN 1 + (SELECT count(*) FROM render_jobs
+                WHERE provider = $5::text AND status = 'queued' AND {_free()})
+            END,
+            now(), now()
+        FROM g WHERE EXISTS (SELECT 1 FROM claimed)
+        ON CONFLICT (generation_id) DO NOTHING
+        RETURNING status, queue_position),
+    o AS ({_RECORD_REPORT})
+    SELECT (SELECT count(*) FROM claimed) AS fresh, EXISTS (SELECT 1 FROM g) AS found,
+        j.status, j.queue_position, (SELECT id FROM o) AS outbox_id
+    FROM (SELECT 1) AS one LEFT JOIN j ON true
     """
-)
 
 # Queued jobs (not yet taken up by a process) whose place moved up since it was last
-# reported, with their new place (the claim's order: oldest first). Near the front (`:near`)
+# reported, with their new place (the claim's order: oldest first). Near the front ($2)
 # every step is reported; further back only a move by a tenth or more, so a long queue does not
 # send a report per job at every submission. Two processes refreshing at once report a move
 # once (the row's lock, then the condition checked again on the row as the other left it).
-_QUEUE_MOVES = text(
-    f"""
+_QUEUE_MOVES_RAW = f"""
     WITH ranked AS (
         SELECT generation_id,
             row_number() OVER (ORDER BY created_at, generation_id) AS place
-        FROM render_jobs WHERE provider = :provider AND status = 'queued' AND {_free()})
+        FROM render_jobs WHERE provider = $1 AND status = 'queued' AND {_free()})
     UPDATE render_jobs j SET queue_position = r.place
     FROM ranked r
     WHERE j.generation_id = r.generation_id AND j.status = 'queued'
       AND (j.queue_position IS NULL
            OR r.place < j.queue_position
-              AND (r.place <= :near OR r.place <= j.queue_position * 0.9))
+              AND (r.place <= $2 OR r.place <= j.queue_position * 0.9))
     RETURNING j.generation_id, r.place
     """
-)
 QUEUE_NEAR = 10  # places at the front of the queue reported at every move
 
 
@@ -241,6 +229,13 @@ _WINDOW_RAW = (
 )
 _NEW_WINDOW_RAW = "INSERT INTO submit_windows (name) VALUES ($1) ON CONFLICT DO NOTHING"
 _SET_WINDOW_RAW = "UPDATE submit_windows SET stamps = $1 WHERE name = $2"
+_REQUEUE_RAW = """UPDATE render_jobs SET status = 'queued', transient_errors = $3,
+        due_at = now() + make_interval(secs => $4::float8),
+        lease_owner = NULL, lease_until = NULL, updated_at = now()
+    WHERE generation_id = $1 AND lease_owner = $2"""
+_CANCEL_RAW = """UPDATE render_jobs SET status = 'cancelled', lease_owner = NULL,
+        lease_until = NULL, updated_at = now()
+    WHERE generation_id = $1 AND lease_owner = $2"""
 _MARK_SUBMITTING_RAW = (
     "UPDATE render_jobs SET status = 'submitting', updated_at = now() "
     "WHERE generation_id = $1 AND lease_owner = $2"
@@ -304,7 +299,6 @@ def _progress_statement(columns: tuple[str, ...]) -> str:
 class JobStore:
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
         relay: OutboxRelay,
         provider: str,
         *,
@@ -312,8 +306,8 @@ class JobStore:
         lease_seconds: float,
         step_slots: int = 8,
         record_slots: int = 8,
+        command_slots: int = 0,
     ) -> None:
-        self.sessions = sessions
         # Thousands of held jobs may write at once; they queue here, not in the connection
         # pool (whose checkout times out), leaving connections for claims and the heartbeat.
         self._slots = asyncio.Semaphore(step_slots)
@@ -324,11 +318,14 @@ class JobStore:
         self.owner = owner
         self.lease_seconds = lease_seconds
         self.window_name = f"{provider}:submissions"
-        self._pool_size = step_slots + record_slots + 2  # and the claims
-        self._pool: asyncpg.Pool | None = None  # the job steps' statements (`open`)
+        # One more each for the claim loop, the heartbeat and the outbox relay, and one per
+        # render command being recorded (`command_slots`: the consumer's prefetch), so that
+        # none of them waits for a connection behind another.
+        self._pool_size = step_slots + record_slots + 3 + command_slots
+        self._pool: asyncpg.Pool | None = None  # every statement's (`open`)
 
     async def open(self, settings: Settings) -> None:
-        """The plain pool of the job steps (connections made as they are first needed)."""
+        """The plain pool (connections made as they are first needed)."""
         if self._pool is None:
             self._pool = await open_pool(settings, size=self._pool_size, reset_sessions=False)
 
@@ -346,72 +343,88 @@ class JobStore:
     # -- the command handler's side (inside the consumer's transaction) ------------------------
 
     async def record(
-        self, session: AsyncSession, command: RenderRequested, refusal: ErrorInfo | None
-    ) -> str:
-        """Create the job for a render command, once; the outcome, for logs and metrics.
+        self, tx: Transaction, command: RenderRequested, refusal: ErrorInfo | None
+    ) -> str | None:
+        """Create the job for a render command, once; the outcome, for logs and metrics (None:
+        this message was applied before, nothing done).
 
-        One statement (was three round trips): the generation's status read, the row
-        inserted (`cancelled` if the generation ended, `failed` if refused, else `queued`),
-        and the queued jobs ahead of it counted."""
-        row = (
-            await session.execute(
-                _RECORD,
-                {
-                    "id": command.generation_id,
-                    "user": command.user_id,
-                    "provider": self.provider,
-                    "spec": command.spec.model_dump_json(),
-                    "error": refusal.model_dump_json() if refusal is not None else None,
-                    "ended": list(TERMINAL_GENERATION),
-                    # The consumer span's context: the scheduler's spans for this job join it.
-                    "trace": json.dumps(context) if (context := carrier()) else None,
-                },
-            )
-        ).one_or_none()
-        if row is None:  # not inserted: no such generation, or this command came before
-            if await _generation_status(session, command.generation_id) is None:
-                return "missing"
-            return "duplicate"
-        if row.status == FAILED:
-            assert refusal is not None
-            _report(session, command.generation_id, "failed", error=refusal)
-        elif row.status == QUEUED:
-            queued = Progress(stage="queued", queue_position=row.queue_position)
-            _report(session, command.generation_id, "started", progress=queued)
-        return str(row.status)
+        One statement (`_RECORD_RAW`): the message's inbox claim, the generation's status
+        read, the row inserted (`cancelled` if the generation ended, `failed` if refused, else
+        `queued`), the queued jobs ahead of it counted, and its report written."""
+        gid = command.generation_id
+        if refusal is not None:  # reported if the job is created `failed`
+            reported = FAILED
+            message = RenderReported(generation_id=gid, kind="failed", error=refusal)
+        else:  # reported, with its place, if the job is created `queued`
+            reported = QUEUED
+            marked = Progress(stage="queued", queue_position=_PLACE_MARK)
+            message = RenderReported(generation_id=gid, kind="started", progress=marked)
+        rows = [tx.outgoing.stage(message)]
+        row = await tx.conn.fetchrow(
+            _RECORD_RAW,
+            tx.consumer,
+            tx.message_id,
+            gid,
+            command.user_id,
+            self.provider,
+            command.spec.model_dump(mode="json"),
+            refusal.model_dump(mode="json") if refusal is not None else None,
+            list(TERMINAL_GENERATION),
+            # The consumer span's context: the scheduler's spans for this job join it.
+            carrier() or None,
+            reported,
+            *tx.outgoing.arrays(rows),
+        )
+        tx.fresh = bool(row["fresh"])
+        if not tx.fresh:
+            return None
+        if row["status"] is None:  # not inserted: no such generation, or an earlier command's
+            return "duplicate" if row["found"] else "missing"
+        if row["outbox_id"] is not None:
+            if row["queue_position"] is not None:  # the place, as the statement wrote it
+                rows[0]["body"] = _placed(rows[0]["body"], row["queue_position"])
+            tx.outgoing.written(rows, [(row["outbox_id"], rows[0]["message_id"])])
+        return str(row["status"])
 
     async def report_queue_moves(self) -> int:
-        """Report the new place of each queued job the queue moved (see `_QUEUE_MOVES`); how
-        many were reported."""
-        async with self.sessions() as session, session.begin():
-            rows = (
-                await session.execute(_QUEUE_MOVES, {"provider": self.provider, "near": QUEUE_NEAR})
-            ).all()
-            for row in rows:
-                place = Progress(stage="queued", queue_position=int(row.place))
-                _report(session, row.generation_id, "progress", progress=place)
-        return len(rows)
+        """Report the new place of each queued job the queue moved (see `_QUEUE_MOVES_RAW`);
+        how many were reported."""
+        outgoing = Outgoing(self.relay)
+        async with self.pool.acquire() as conn, conn.transaction():
+            moved = await conn.fetch(_QUEUE_MOVES_RAW, self.provider, QUEUE_NEAR)
+            await outgoing.write(
+                conn,
+                [
+                    Outgoing.stage(
+                        RenderReported(
+                            generation_id=row["generation_id"],
+                            kind="progress",
+                            progress=Progress(stage="queued", queue_position=int(row["place"])),
+                        )
+                    )
+                    for row in moved
+                ],
+            )
+        outgoing.committed()
+        return len(moved)
 
     # -- the scheduler's side --------------------------------------------------------------------
 
     async def ensure_window(self) -> None:
-        async with self.sessions() as session, session.begin():
-            await session.execute(_NEW_WINDOW, {"n": self.window_name})
+        await self.pool.execute(_NEW_WINDOW_RAW, self.window_name)
 
     async def claim_started(self, limit: int) -> list[Job]:
         if limit <= 0:
             return []
-        async with self.sessions() as session, session.begin():
-            rows = await session.execute(_CLAIM_STARTED, self._claim_args(limit))
-            return [_job(row, resumed=True) for row in rows]
+        rows = await self.pool.fetch(
+            _CLAIM_STARTED_RAW, self.owner, float(self.lease_seconds), self.provider, limit
+        )
+        return [_job_record(row, resumed=True) for row in rows]
 
     async def drop_ended(self) -> int:
         """Cancel queued jobs whose generation ended while they waited (never submitted)."""
-        async with self.sessions() as session, session.begin():
-            rows = await session.execute(
-                _DROP_ENDED, {"provider": self.provider, "ended": list(TERMINAL_GENERATION)}
-            )
-            return len(rows.all())
+        rows = await self.pool.fetch(_DROP_ENDED_RAW, self.provider, list(TERMINAL_GENERATION))
+        return len(rows)
 
     async def claim_queued(self, limit: int, *, per_minute: int | None, status: str) -> list[Job]:
         """Queued jobs, set to `status`; with `per_minute`, only as many as the global window
@@ -453,61 +466,39 @@ class JobStore:
 
     async def pause_submissions(self, seconds: float) -> None:
         """Nobody submits for a while (the provider said 429): the window is shared."""
-        async with self._transaction() as session:
-            await session.execute(
-                text(
-                    """UPDATE submit_windows SET paused_until = GREATEST(
-                        COALESCE(paused_until, now()), now() + make_interval(secs => :s))
-                    WHERE name = :n"""
-                ),
-                {"s": seconds, "n": self.window_name},
-            )
+        async with self._slots:
+            await self.pool.execute(_PAUSE_RAW, float(seconds), self.window_name)
 
     async def heartbeat(self, ids: list[uuid.UUID], *, renew: bool) -> dict[uuid.UUID, Status]:
         """The generation status of each job still held here (leases renewed if `renew`)."""
         if not ids:
             return {}
-        async with self.sessions() as session, session.begin():
-            rows = await session.execute(
-                _HEARTBEAT if renew else _LOOK,
-                {"ids": ids, "me": self.owner, "lease": self.lease_seconds},
-            )
-            return {row.generation_id: Status(row.status) for row in rows}
+        if renew:
+            rows = await self.pool.fetch(_HEARTBEAT_RAW, ids, self.owner, float(self.lease_seconds))
+        else:
+            rows = await self.pool.fetch(_LOOK_RAW, ids, self.owner)
+        return {row["generation_id"]: Status(row["status"]) for row in rows}
 
     async def release(self, ids: list[uuid.UUID]) -> None:
         """Hand jobs back (a stopping process): any process may take them up at once."""
         if not ids:
             return
-        async with self.sessions() as session, session.begin():
-            await session.execute(
-                text(
-                    """UPDATE render_jobs SET lease_owner = NULL, lease_until = NULL
-                    WHERE generation_id = ANY(:ids) AND lease_owner = :me"""
-                ),
-                {"ids": ids, "me": self.owner},
-            )
+        await self.pool.execute(_RELEASE_RAW, ids, self.owner)
 
     # -- one job's steps (fenced by the lease) -----------------------------------------------------
 
     async def requeue(self, job: Job, *, after_seconds: float, transient_errors: int) -> None:
         """Back to the queue after a definite (not ambiguous) submission failure."""
-        async with self._transaction() as session:
-            result = await session.execute(
-                text(
-                    """UPDATE render_jobs SET status = 'queued', transient_errors = :errors,
-                        due_at = now() + make_interval(secs => :after),
-                        lease_owner = NULL, lease_until = NULL, updated_at = now()
-                    WHERE generation_id = :id AND lease_owner = :me"""
-                ),
-                {
-                    "errors": transient_errors,
-                    "after": after_seconds,
-                    "id": job.generation_id,
-                    "me": self.owner,
-                },
+        async with self._slots:
+            done = await self.pool.execute(
+                _REQUEUE_RAW,
+                job.generation_id,
+                self.owner,
+                transient_errors,
+                float(after_seconds),
             )
-            if not result.rowcount:  # type: ignore[attr-defined]
-                raise LeaseLost(str(job.generation_id))
+        if done != "UPDATE 1":
+            raise LeaseLost(str(job.generation_id))
 
     async def mark_submitting(self, job: Job) -> None:
         """The crash-window marker, committed just before the submission is sent."""
@@ -536,10 +527,6 @@ class JobStore:
             raise LeaseLost(str(job.generation_id))
         _sent(outgoing, report, row["outbox_id"])
         return row["submitted_at"], row["deadline_at"]
-
-    async def update(self, job: Job, **values: Any) -> None:
-        async with self._transaction() as session:
-            await self._set(session, job, **values)
 
     async def progress(self, job: Job, progress: Progress, **values: Any) -> bool:
         """Report progress (with any column changes); False if the generation has ended."""
@@ -571,8 +558,10 @@ class JobStore:
         return await self._finish(job, FAILED, error=error)
 
     async def cancel(self, job: Job) -> None:
-        async with self._transaction() as session:
-            await self._set(session, job, status=CANCELLED, lease_owner=None, lease_until=None)
+        async with self._slots:
+            done = await self.pool.execute(_CANCEL_RAW, job.generation_id, self.owner)
+        if done != "UPDATE 1":
+            raise LeaseLost(str(job.generation_id))
         log.info("Job cancelled")
 
     async def _finish(
@@ -616,71 +605,11 @@ class JobStore:
         message = RenderReported(generation_id=job.generation_id, kind=kind, **fields)
         return Outgoing(self.relay), Outgoing.stage(message)
 
-    async def _set(
-        self, session: AsyncSession, job: Job, *, generation_status: bool = False, **values: Any
-    ) -> Status | None:
-        """Update the job's row if this process still holds its lease, else `LeaseLost`; with
-        `generation_status`, the generation's status, read by the same statement."""
-        params: dict[str, Any] = {"id": job.generation_id, "me": self.owner}
-        assignments = ["updated_at = now()"]
-        for column, value in values.items():
-            if column == "error":
-                assignments.append("error = CAST(:error AS jsonb)")
-                params["error"] = None if value is None else json.dumps(value)
-            else:
-                assignments.append(f"{column} = :{column}")
-                params[column] = value
-        if generation_status:
-            row = (
-                await session.execute(
-                    text(
-                        f"UPDATE render_jobs j SET {', '.join(assignments)} FROM generations g "
-                        "WHERE j.generation_id = :id AND j.lease_owner = :me "
-                        "AND g.id = j.generation_id RETURNING g.status"
-                    ),
-                    params,
-                )
-            ).one_or_none()
-            if row is None:
-                raise LeaseLost(str(job.generation_id))
-            return Status(row.status)
-        result = await session.execute(
-            text(
-                f"UPDATE render_jobs SET {', '.join(assignments)} "
-                "WHERE generation_id = :id AND lease_owner = :me"
-            ),
-            params,
-        )
-        if not result.rowcount:  # type: ignore[attr-defined]
-            raise LeaseLost(str(job.generation_id))
-        return None
 
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncSession]:
-        """A short transaction for one job's step, at most `step_slots` at once."""
-        async with self._slots, self.sessions() as session, session.begin():
-            yield session
-
-    def _claim_args(self, limit: int) -> dict[str, Any]:
-        return {
-            "me": self.owner,
-            "lease": self.lease_seconds,
-            "provider": self.provider,
-            "n": limit,
-        }
-
-
-def _report(
-    session: AsyncSession, generation_id: uuid.UUID, kind: RenderReportKind, **fields: Any
-) -> None:
-    enqueue(session, RenderReported(generation_id=generation_id, kind=kind, **fields))
-
-
-async def _generation_status(session: AsyncSession, generation_id: uuid.UUID) -> Status | None:
-    value = await session.scalar(
-        text("SELECT status FROM generations WHERE id = :id"), {"id": generation_id}
-    )
-    return Status(value) if value is not None else None
+def _placed(body: str, place: int) -> str:
+    """A `started` report's body staged with `_PLACE_MARK`, with its place, as `_RECORD_RAW`
+    writes it."""
+    return body.replace(f"{_PLACE_TEXT}{_PLACE_MARK}", f"{_PLACE_TEXT}{place}", 1)
 
 
 def _sent(outgoing: Outgoing, report: dict[str, Any], outbox_id: int | None) -> None:

@@ -13,8 +13,10 @@ import socket
 import uuid
 from typing import Any
 
+import aio_pika
+from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import Counter, Gauge
-from shared.consumer import IdempotentConsumer
+from shared.consumer import PlainIdempotentConsumer, QueueConsumer
 from shared.media import Storage, build_storage
 from shared.messages import RenderRequested
 from shared.runtime import ConsumerService, ServiceRuntime, Subscription
@@ -30,7 +32,11 @@ from veo_worker.providers.veo import VeoProvider, submit_slots
 from veo_worker.scheduler import Scheduler
 from veo_worker.steps import Finisher
 
-PREFETCH = 20  # recording a job is one short transaction
+PREFETCH = 20  # recording a job is one short transaction (one statement)
+
+
+async def _not_consumed_through_faststream(_: object) -> None:
+    raise AssertionError("the worker consumes its queue itself (QueueConsumer)")
 
 
 class StorageHolder:
@@ -56,6 +62,11 @@ class StorageHolder:
 
 
 class WorkerService(ConsumerService):
+    """The shared runtime (outbox relay, topology, health and metrics server), the render
+    commands consumed with aio-pika directly (`shared.consumer.QueueConsumer`, each recorded
+    by a `PlainIdempotentConsumer` on the job store's plain asyncpg pool), and the scheduler
+    that works the jobs (on that pool too)."""
+
     def __init__(
         self,
         runtime: ServiceRuntime,
@@ -65,21 +76,24 @@ class WorkerService(ConsumerService):
         provider: Any,
         health_port: int | None,
     ) -> None:
-        consumer = IdempotentConsumer(
+        super().__init__(runtime, [], health_port=health_port)
+        # Listed after FastStream was set up without it: readiness, the queue gauges and the
+        # start line name it; `start` consumes it.
+        self.subscriptions = [Subscription(WORKER_RENDER, _not_consumed_through_faststream)]
+        store = scheduler.store
+        # The inbox consumer name is the queue's name.
+        self.recorder = PlainIdempotentConsumer(
             WORKER_RENDER.name,
             RenderRequested,
             commands,
-            runtime.sessions,
+            lambda: store.pool,
             runtime.relay,
-            # A recorded job is claimed at once, not at the scheduler's next tick.
-            after_commit=lambda _: scheduler.wake(),
+            runtime.metrics,
         )
-        super().__init__(
-            runtime,
-            [Subscription(WORKER_RENDER, consumer)],
-            prefetch=PREFETCH,
-            health_port=health_port,
+        self.consumer = QueueConsumer(
+            WORKER_RENDER.name, self.recorder, prefetch=PREFETCH, metrics=runtime.metrics
         )
+        self._amqp: AbstractRobustConnection | None = None
         self.commands = commands
         self.scheduler = scheduler
         self.storage = storage
@@ -87,11 +101,21 @@ class WorkerService(ConsumerService):
 
     async def start(self) -> None:
         await self.scheduler.store.open(self.runtime.settings)
-        await super().start()
+        await super().start()  # the topology is declared before the consumer attaches
+        self._amqp = await aio_pika.connect_robust(self.runtime.settings.amqp_url)
+        await self.consumer.start(self._amqp)
         await self.scheduler.start()
 
     async def stop(self) -> None:
+        """Take no more commands, let those taken be recorded (within SHUTDOWN_GRACE_SECONDS;
+        what is still unacked then goes back to the queue), hand the jobs held back, then stop
+        the rest."""
         try:
+            await self.consumer.cancel()
+            await self.consumer.drain(within=self.runtime.settings.shutdown_grace_seconds)
+            await self.consumer.close()
+            if self._amqp is not None:
+                await self._amqp.close()
             await self.scheduler.stop()  # hands jobs back while the database is still open
         finally:
             await super().stop()
@@ -109,18 +133,21 @@ class WorkerService(ConsumerService):
 
 def build(settings: Settings) -> WorkerService:
     provider = build_provider(settings)
-    runtime = ServiceRuntime.build("worker", settings, pool_size=16 + settings.worker_concurrency)
+    # SQLAlchemy's engine is left the storage's set-up, the readiness probe and the outbox
+    # relay's safety net: every statement per command or job runs on the store's plain pool.
+    runtime = ServiceRuntime.build("worker", settings, pool_size=4)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    # Connections: 8 job-step transactions and up to `submit_slots` operation names at once,
-    # the consumer, claims, heartbeat and outbox relay (pool_size more as overflow).
+    # Connections: 8 job-step statements and up to `submit_slots` operation names at once,
+    # the claims, heartbeat and outbox relay, and a command being recorded per prefetched one.
     store = JobStore(
-        runtime.sessions,
         runtime.relay,
         provider.name,
         owner=owner,
         lease_seconds=settings.worker_lease_seconds,
         record_slots=submit_slots(settings),
+        command_slots=PREFETCH,
     )
+    runtime.relay.use_pool(lambda: store.pool)  # marks published rows on it too
     storage = StorageHolder(runtime)
     finisher = Finisher(storage.get, cpu_slots=settings.worker_concurrency)
     metrics = ProviderMetrics(runtime.registry)
@@ -169,7 +196,7 @@ def build(settings: Settings) -> WorkerService:
         "reelflow_worker_jobs_in_flight", "Jobs this process holds", registry=runtime.registry
     )
     in_flight.set_function(lambda: len(scheduler.held))
-    commands = RenderCommands(store, provider, recorded)
+    commands = RenderCommands(store, provider, recorded, queued=scheduler.wake)
     return WorkerService(
         runtime, commands, scheduler, storage, provider, settings.metrics_port_worker
     )
