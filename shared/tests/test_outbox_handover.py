@@ -13,7 +13,7 @@ import uuid
 
 import aio_pika
 import pytest
-from shared.db.raw import open_pool
+from shared.db.raw import dsn, open_pool
 from shared.messages import WebhookDeliveryRequested
 from shared.outbox import FRESH_SECONDS, OutboxRelay, Outgoing, plain_insert
 from shared.settings import Settings
@@ -85,14 +85,16 @@ async def test_rows_a_busy_relay_held_past_the_grace_are_published_once(
         await pool.close()
 
 
-@pytest.mark.parametrize("through_pool", [True, False], ids=["pool", "session"])
+# Marks on the relay's own connection (as services run it), on the pool, or in a session.
+@pytest.mark.parametrize("marks_on", ["own connection", "pool", "session"])
 @pytest.mark.usefixtures("clean_db")
 async def test_fresh_rows_go_out_at_once_and_are_marked_in_batches_each_published_once(
-    prepared: Settings, sessions: async_sessionmaker[AsyncSession], through_pool: bool
+    prepared: Settings, sessions: async_sessionmaker[AsyncSession], marks_on: str
 ) -> None:
     pool = await open_pool(prepared, size=2)
-    owner = OutboxRelay(sessions, prepared.amqp_url, idle_poll_seconds=0.05)
-    if through_pool:
+    own = dsn(prepared) if marks_on == "own connection" else None
+    owner = OutboxRelay(sessions, prepared.amqp_url, idle_poll_seconds=0.05, database_dsn=own)
+    if marks_on == "pool":
         owner.use_pool(lambda: pool)
     other = OutboxRelay(sessions, prepared.amqp_url, idle_poll_seconds=0.05)  # polling fast
     await owner.start()

@@ -35,6 +35,7 @@ from starlette.routing import Route
 from shared import heap, telemetry
 from shared.consumer import traced
 from shared.db.engine import make_sessionmaker
+from shared.db.raw import dsn
 from shared.logging import get_logger
 from shared.metrics import INFO_KEY, ServiceMetrics, install_commit_hook
 from shared.outbox import RELAY_KEY, OutboxRelay
@@ -98,7 +99,9 @@ class ServiceRuntime:
         engine = service_engine(settings, pool_size=pool_size)
         info: dict[str, Any] = {INFO_KEY: metrics}
         sessions = make_sessionmaker(engine, info=info)
-        relay = OutboxRelay(sessions, settings.amqp_url, metrics=metrics)
+        relay = OutboxRelay(
+            sessions, settings.amqp_url, metrics=metrics, database_dsn=dsn(settings)
+        )
         # Every session of the service hands the outbox rows it commits to the relay, which
         # publishes them at once (`shared.outbox`): no producer has to remember `wake()`.
         info[RELAY_KEY] = relay
