@@ -51,10 +51,10 @@ async def test_rows_a_busy_relay_held_past_the_grace_are_published_once(
     prepared: Settings, sessions: async_sessionmaker[AsyncSession], through_pool: bool
 ) -> None:
     pool = await open_pool(prepared, size=2)
-    owner = OutboxRelay(sessions, prepared.amqp_url)  # the committing process's relay
+    owner = OutboxRelay(sessions, prepared.amqp_url, dsn(prepared))  # the committing process's
     if through_pool:
         owner.use_pool(lambda: pool)
-    other = OutboxRelay(sessions, prepared.amqp_url)  # another process's: the safety net
+    other = OutboxRelay(sessions, prepared.amqp_url, dsn(prepared))  # another's: the safety net
     await owner.start()
     try:
         outgoing = Outgoing(owner)
@@ -85,18 +85,13 @@ async def test_rows_a_busy_relay_held_past_the_grace_are_published_once(
         await pool.close()
 
 
-# Marks on the relay's own connection (as services run it), on the pool, or in a session.
-@pytest.mark.parametrize("marks_on", ["own connection", "pool", "session"])
 @pytest.mark.usefixtures("clean_db")
 async def test_fresh_rows_go_out_at_once_and_are_marked_in_batches_each_published_once(
-    prepared: Settings, sessions: async_sessionmaker[AsyncSession], marks_on: str
+    prepared: Settings, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     pool = await open_pool(prepared, size=2)
-    own = dsn(prepared) if marks_on == "own connection" else None
-    owner = OutboxRelay(sessions, prepared.amqp_url, idle_poll_seconds=0.05, database_dsn=own)
-    if marks_on == "pool":
-        owner.use_pool(lambda: pool)
-    other = OutboxRelay(sessions, prepared.amqp_url, idle_poll_seconds=0.05)  # polling fast
+    owner = OutboxRelay(sessions, prepared.amqp_url, dsn(prepared), idle_poll_seconds=0.05)
+    other = OutboxRelay(sessions, prepared.amqp_url, dsn(prepared), idle_poll_seconds=0.05)
     await owner.start()
     await other.start()
     try:

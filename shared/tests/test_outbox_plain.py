@@ -10,7 +10,7 @@ import uuid
 import pytest
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
-from shared.db.raw import open_pool
+from shared.db.raw import dsn, open_pool
 from shared.logging import log_context
 from shared.messages import ConversationMessageCreated, WebhookDeliveryRequested
 from shared.outbox import OutboxRelay, Outgoing
@@ -55,7 +55,7 @@ async def test_rows_written_on_their_own_are_handed_to_the_relay_and_published(
     prepared: Settings, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     pool = await open_pool(prepared, size=2)
-    relay = OutboxRelay(sessions, prepared.amqp_url)
+    relay = OutboxRelay(sessions, prepared.amqp_url, dsn(prepared))
     relay.use_pool(lambda: pool)
     await relay.start()
     try:

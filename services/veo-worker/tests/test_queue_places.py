@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 from pydantic import SecretStr
 from shared.db.models import utcnow
+from shared.db.raw import dsn
 from shared.messages import RenderReported
 from shared.outbox import OutboxRelay
 from shared.settings import Settings
@@ -60,7 +61,9 @@ async def store(
     sessions: async_sessionmaker[AsyncSession], prepared: Settings
 ) -> AsyncIterator[JobStore]:
     """Veo jobs' store, on its own pool (no worker running)."""
-    store = JobStore(OutboxRelay(sessions, prepared.amqp_url), "veo", owner="t", lease_seconds=30)
+    store = JobStore(
+        OutboxRelay(sessions, prepared.amqp_url, dsn(prepared)), "veo", owner="t", lease_seconds=30
+    )
     await store.open(prepared)
     yield store
     await store.close()

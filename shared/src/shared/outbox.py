@@ -348,16 +348,14 @@ class OutboxRelay:
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
         amqp_url: str,
+        database_dsn: str,
         *,
         batch_size: int = 200,
         idle_poll_seconds: float = 0.5,
         metrics: ServiceMetrics | None = None,
-        database_dsn: str | None = None,
     ) -> None:
         self._sessions = sessionmaker
-        # Marks go on a connection of their own when a DSN is given (services), else on the
-        # pool (`use_pool`) or a session (tests, tools).
-        self._dsn = database_dsn
+        self._dsn = database_dsn  # the marks' own connection
         self._mark_conn: asyncpg.Connection | None = None
         self._metrics = metrics
         self._amqp_url = amqp_url
@@ -537,13 +535,7 @@ class OutboxRelay:
             return
         self._writing_since, self._unmarked_since = self._unmarked_since, None
         try:
-            if self._dsn is not None:
-                await self._marked_on_own_connection(ids)
-            elif self._pool is not None:
-                await self._pool().execute(_MARK_PLAIN, ids)
-            else:
-                async with self._sessions() as session, session.begin():
-                    await session.execute(_MARK, {"ids": ids})
+            await self._marked_on_own_connection(ids)
         except BaseException:
             self._unmarked[:0] = ids
             self._unmarked_since = self._writing_since

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from shared import heap, telemetry
-from shared.consumer import traced
+from shared.consumer import QueueConsumer, traced
 from shared.db.engine import make_sessionmaker
 from shared.db.raw import dsn
 from shared.logging import get_logger
@@ -99,9 +99,7 @@ class ServiceRuntime:
         engine = service_engine(settings, pool_size=pool_size)
         info: dict[str, Any] = {INFO_KEY: metrics}
         sessions = make_sessionmaker(engine, info=info)
-        relay = OutboxRelay(
-            sessions, settings.amqp_url, metrics=metrics, database_dsn=dsn(settings)
-        )
+        relay = OutboxRelay(sessions, settings.amqp_url, dsn(settings), metrics=metrics)
         # Every session of the service hands the outbox rows it commits to the relay, which
         # publishes them at once (`shared.outbox`): no producer has to remember `wake()`.
         info[RELAY_KEY] = relay
@@ -149,7 +147,9 @@ class Subscription:
 
 
 class ConsumerService:
-    """A process that consumes work queues with FastStream and relays its outbox."""
+    """A process that consumes work queues and relays its outbox: `subscriptions` through
+    FastStream, `direct` ones with aio-pika itself (`shared.consumer.QueueConsumer`, for hot
+    queues: FastStream's per-message machinery was ~10 % of the orchestrator's CPU)."""
 
     def __init__(
         self,
@@ -158,9 +158,16 @@ class ConsumerService:
         *,
         prefetch: int = 10,
         health_port: int | None = None,
+        direct: Sequence[Subscription] = (),
     ) -> None:
         self.runtime = runtime
-        self.subscriptions = subscriptions
+        # Every queue served, whoever consumes it: readiness, the queue gauges, the start line.
+        self.subscriptions = [*subscriptions, *direct]
+        self.consumers = [
+            QueueConsumer(sub.queue.name, sub.handler, prefetch=prefetch, metrics=runtime.metrics)
+            for sub in direct
+        ]
+        self._amqp: aio_pika.abc.AbstractRobustConnection | None = None
         self.health_port = health_port
         self.broker = RabbitBroker(
             runtime.settings.amqp_url,
@@ -188,6 +195,10 @@ class ConsumerService:
     async def start(self) -> None:
         await self.runtime.start()  # declares the topology before subscribers attach
         await self.broker.start()
+        if self.consumers:
+            self._amqp = await aio_pika.connect_robust(self.runtime.settings.amqp_url)
+            for consumer in self.consumers:
+                await consumer.start(self._amqp)
         self._probe = await aio_pika.connect_robust(self.runtime.settings.amqp_url)
         if self.health_port is not None:
             config = uvicorn.Config(
@@ -207,7 +218,23 @@ class ConsumerService:
             queues=[s.queue.name for s in self.subscriptions],
         )
 
+    async def stop_consuming(self) -> None:
+        """Take no more messages from the `direct` queues and let those taken finish (within
+        SHUTDOWN_GRACE_SECONDS; what is still unacked then goes back to its queue). `stop`
+        does it first; a service that must wind down more before the rest stops calls it
+        itself, then `stop`."""
+        for consumer in self.consumers:
+            await consumer.cancel()
+        for consumer in self.consumers:
+            await consumer.drain(within=self.runtime.settings.shutdown_grace_seconds)
+        for consumer in self.consumers:
+            await consumer.close()
+        if self._amqp is not None:
+            await self._amqp.close()
+            self._amqp = None
+
     async def stop(self) -> None:
+        await self.stop_consuming()
         if self._server:
             self._server.should_exit = True
             if self._server_task:

@@ -13,10 +13,8 @@ import socket
 import uuid
 from typing import Any
 
-import aio_pika
-from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import Counter, Gauge
-from shared.consumer import PlainIdempotentConsumer, QueueConsumer
+from shared.consumer import PlainIdempotentConsumer
 from shared.media import Storage, build_storage
 from shared.messages import RenderRequested
 from shared.runtime import ConsumerService, ServiceRuntime, Subscription
@@ -33,10 +31,6 @@ from veo_worker.scheduler import Scheduler
 from veo_worker.steps import Finisher
 
 PREFETCH = 20  # recording a job is one short transaction (one statement)
-
-
-async def _not_consumed_through_faststream(_: object) -> None:
-    raise AssertionError("the worker consumes its queue itself (QueueConsumer)")
 
 
 class StorageHolder:
@@ -76,10 +70,6 @@ class WorkerService(ConsumerService):
         provider: Any,
         health_port: int | None,
     ) -> None:
-        super().__init__(runtime, [], health_port=health_port)
-        # Listed after FastStream was set up without it: readiness, the queue gauges and the
-        # start line name it; `start` consumes it.
-        self.subscriptions = [Subscription(WORKER_RENDER, _not_consumed_through_faststream)]
         store = scheduler.store
         # The inbox consumer name is the queue's name.
         self.recorder = PlainIdempotentConsumer(
@@ -90,10 +80,13 @@ class WorkerService(ConsumerService):
             runtime.relay,
             runtime.metrics,
         )
-        self.consumer = QueueConsumer(
-            WORKER_RENDER.name, self.recorder, prefetch=PREFETCH, metrics=runtime.metrics
+        super().__init__(
+            runtime,
+            [],
+            prefetch=PREFETCH,
+            health_port=health_port,
+            direct=[Subscription(WORKER_RENDER, self.recorder)],
         )
-        self._amqp: AbstractRobustConnection | None = None
         self.commands = commands
         self.scheduler = scheduler
         self.storage = storage
@@ -102,8 +95,6 @@ class WorkerService(ConsumerService):
     async def start(self) -> None:
         await self.scheduler.store.open(self.runtime.settings)
         await super().start()  # the topology is declared before the consumer attaches
-        self._amqp = await aio_pika.connect_robust(self.runtime.settings.amqp_url)
-        await self.consumer.start(self._amqp)
         await self.scheduler.start()
 
     async def stop(self) -> None:
@@ -111,11 +102,7 @@ class WorkerService(ConsumerService):
         what is still unacked then goes back to the queue), hand the jobs held back, then stop
         the rest."""
         try:
-            await self.consumer.cancel()
-            await self.consumer.drain(within=self.runtime.settings.shutdown_grace_seconds)
-            await self.consumer.close()
-            if self._amqp is not None:
-                await self._amqp.close()
+            await self.stop_consuming()
             await self.scheduler.stop()  # hands jobs back while the database is still open
         finally:
             await super().stop()
