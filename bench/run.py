@@ -29,7 +29,14 @@ from bench.common import (
 )
 from bench.context import Run, say
 from bench.e2e import Pipeline, settle
-from bench.phases.end_to_end import bottlenecks, chain, chain_again, end_to_end, scaling
+from bench.phases.end_to_end import (
+    IDLE_RATE,
+    bottlenecks,
+    chain,
+    chain_again,
+    end_to_end,
+    scaling,
+)
 from bench.phases.profiling import profile
 from bench.phases.reads import reads
 from bench.phases.streams import streams
@@ -168,6 +175,14 @@ def write_readme(summary: dict[str, Any], rows: list[Row], results: dict[str, An
             "### Where a generation's time goes (half rate, medians)",
             "",
             report.timeline_section(steps),
+            "",
+        ]
+    idle_steps = results.get("e2e", {}).get("timeline_idle_rate")
+    if idle_steps:
+        parts += [
+            f"### The same at a trickle ({IDLE_RATE:g}/s, each generation alone: the path's floor)",
+            "",
+            report.timeline_section(idle_steps),
             "",
         ]
     parts += [

@@ -10,6 +10,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import psutil
+
 from bench.common import REPO, CpuMeter, rss_mb, summary_ms
 
 
@@ -63,6 +65,10 @@ async def fan_out(
         opening_cpu = meter.stop()["server"]
         await asyncio.sleep(1.0)  # let the server settle before reading its memory
         rss_held = rss_mb(server_pid)
+        # The fan-out's CPU: the server's (its kernel time apart: on loopback a socket write
+        # carries the receiving side's TCP work too) and the subscribers' own, on the same cores.
+        meter = CpuMeter({"server": server_pid, **{f"c{c.pid}": c.pid for c in clients}})
+        server_before = psutil.Process(server_pid).cpu_times()
         meter.start()
         fired_at = time.monotonic()
         await fire()
@@ -78,7 +84,9 @@ async def fan_out(
             answer = json.loads(line)
             arrivals += answer["arrivals"]
             closed += answer.get("closed_without_event", 0)
-        fan_out_cpu = meter.stop()["server"]
+        spent = meter.stop()
+        server_after = psutil.Process(server_pid).cpu_times()
+        fan_out_cpu = spent.pop("server")
     finally:
         for client in clients:
             if client.returncode is None:
@@ -96,6 +104,14 @@ async def fan_out(
         "kb_per_stream": round((rss_held - rss_before) * 1024 / held, 1) if held else None,
         "server_core_ms_per_open": round(1000 * opening_cpu / held, 2) if held else None,
         "server_cpu_s_fanning_out": round(fan_out_cpu, 3),
+        "server_kernel_share_fanning_out": round(
+            (server_after.system - server_before.system) / fan_out_cpu, 2
+        )
+        if fan_out_cpu
+        else None,
+        "subscribers_cpu_s_fanning_out": round(sum(spent.values()), 3),
+        "fan_out_wall_s": round(meter.wall, 3),
+        "first_arrival_ms": round(1000 * min(latencies), 1) if latencies else None,
         "received": len(latencies),
         "missed": len(arrivals) - len(latencies),
         "missed_closed_by_server": closed,

@@ -118,5 +118,9 @@ async def streams(run: Run) -> None:
             bare["fan_out"]["p99_ms"],
             "≤ 200 ms",
             None if p99 is None else p99 <= 200,
+            note=f"first stream at {ours.get('first_arrival_ms')} ms; while fanning out the "
+            f"server spent {ours['server_cpu_s_fanning_out']} core-s "
+            f"({ours.get('server_kernel_share_fanning_out')} of it in the kernel), the "
+            f"subscribers {ours.get('subscribers_cpu_s_fanning_out')}",
         ),
     ]
