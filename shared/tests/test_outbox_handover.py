@@ -1,9 +1,10 @@
-"""shared.outbox's hand-over. Under overload, a relay that holds handed-over rows past the
-hand-over grace (its process too busy to publish them for a while) is not presumed dead twice
-over: another relay's safety net may take such rows over, but each is published once — the
-relay that had them in hand publishes only those still unpublished, under their row locks.
-Fresh rows (the usual case) go out with no statement first and are marked in batches, each
-published once beside another relay's safety net."""
+"""shared.outbox's hand-over. A relay that holds handed-over rows past the hand-over grace (its
+process too busy to publish them for a while) is not presumed dead while it lives (its owner
+lock held): another relay's safety net leaves its rows alone, and takes them once it is gone,
+or past the cap. Rows taken over are published once all the same — the relay that had them in
+hand publishes only those still unpublished, under their row locks. Fresh rows (the usual case)
+go out with no statement first and are marked in batches, each published once beside another
+relay's safety net. What a live relay failed to publish, it publishes itself later."""
 
 from __future__ import annotations
 
@@ -13,11 +14,19 @@ import uuid
 
 import aio_pika
 import pytest
+from prometheus_client import CollectorRegistry
 from shared.db.raw import dsn, open_pool
 from shared.messages import WebhookDeliveryRequested
-from shared.outbox import FRESH_SECONDS, OutboxRelay, Outgoing, plain_insert
+from shared.metrics import ServiceMetrics
+from shared.outbox import (
+    FRESH_SECONDS,
+    OWNED_CAP_SECONDS,
+    OutboxRelay,
+    Outgoing,
+    plain_insert,
+)
 from shared.settings import Settings
-from shared.topology import NOTIFIER_DELIVERIES
+from shared.topology import COMMANDS, NOTIFIER_DELIVERIES
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 
@@ -63,13 +72,15 @@ async def test_rows_a_busy_relay_held_past_the_grace_are_published_once(
         async with pool.acquire() as conn, conn.transaction():
             rows = late + fresh
             outgoing.written(rows, await conn.fetch(plain_insert(1), *outgoing.arrays(rows)))
-            # As the rows of a process whose relay was too busy to get to them for a minute.
+            # As the rows of a process whose relay was too busy to get to them for longer than
+            # a live relay's rows are left to it.
             await conn.execute(
-                "UPDATE outbox SET created_at = now() - interval '1 minute' "
+                "UPDATE outbox SET created_at = now() - make_interval(secs => $2) "
                 "WHERE message_id = ANY($1)",
                 [r["message_id"] for r in late],
+                OWNED_CAP_SECONDS + 30,
             )
-        # The other relay finds them past the grace and publishes them (the owner is slow).
+        # The other relay finds them past the cap and publishes them (the owner is slow).
         await other.start()
         await _published(pool, [r["message_id"] for r in late])
         # Then the owner gets to its hand-over, the rows no longer fresh (it held them): the
@@ -114,5 +125,101 @@ async def test_fresh_rows_go_out_at_once_and_are_marked_in_batches_each_publishe
         assert marks == 1
     finally:
         await other.stop()
+        await owner.stop()
+        await pool.close()
+
+
+async def _backdate(pool: object, rows: list[dict[str, object]], seconds: float) -> None:
+    await pool.execute(  # type: ignore[attr-defined]
+        "UPDATE outbox SET created_at = now() - make_interval(secs => $2) "
+        "WHERE message_id = ANY($1)",
+        [r["message_id"] for r in rows],
+        seconds,
+    )
+
+
+async def _unpublished(pool: object, rows: list[dict[str, object]]) -> int:
+    return int(
+        await pool.fetchval(  # type: ignore[attr-defined]
+            "SELECT count(*) FROM outbox WHERE message_id = ANY($1) AND published_at IS NULL",
+            [r["message_id"] for r in rows],
+        )
+    )
+
+
+@pytest.mark.usefixtures("clean_db")
+async def test_a_live_relays_rows_are_left_to_it_past_the_grace_and_taken_once_it_is_gone(
+    prepared: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    pool = await open_pool(prepared, size=2)
+    owner = OutboxRelay(sessions, prepared.amqp_url, dsn(prepared))
+    other = OutboxRelay(sessions, prepared.amqp_url, dsn(prepared), idle_poll_seconds=0.05)
+    await owner.start()
+    try:
+        assert owner.owner is not None  # its own connection holds its owner lock
+        # Rows the owner has in hand but has not got to (its event loop saturated, say), and
+        # rows of a relay that named no owner: both well past the grace, within the cap.
+        owned = [Outgoing.stage(_command()) for _ in range(3)]
+        await Outgoing(owner).write(pool, owned)
+        unowned = [Outgoing.stage(_command())]
+        await Outgoing(None).write(pool, unowned)
+        await pool.execute(
+            "UPDATE outbox SET headers = headers || jsonb_build_object('reelflow.handed_over', 1) "
+            "WHERE message_id = ANY($1)",
+            [r["message_id"] for r in unowned],
+        )
+        await _backdate(pool, owned + unowned, 30)
+        await other.start()
+        # The other relay's safety net runs (it takes the row with no owner) ...
+        await _published(pool, [r["message_id"] for r in unowned])
+        await asyncio.sleep(0.3)  # ... several rounds of it ...
+        # ... and leaves the live owner's rows alone.
+        assert await _unpublished(pool, owned) == len(owned)
+        # The owner stops without publishing them (as a process killed would): its lock goes
+        # with its connection, and the safety net takes them, each once.
+        await owner.stop()
+        await _published(pool, [r["message_id"] for r in owned])
+        assert other.published == len(owned + unowned)
+        assert await _depth(prepared.amqp_url, NOTIFIER_DELIVERIES.name) == len(owned + unowned)
+    finally:
+        await other.stop()
+        await owner.stop()
+        await pool.close()
+
+
+@pytest.mark.usefixtures("clean_db")
+async def test_a_live_relay_publishes_what_it_failed_to_publish_itself(
+    prepared: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    pool = await open_pool(prepared, size=2)
+    metrics = ServiceMetrics(CollectorRegistry())
+    owner = OutboxRelay(sessions, prepared.amqp_url, dsn(prepared), metrics=metrics)
+    await owner.start()
+    routing_key = f"test.unroutable.{uuid.uuid4().hex}"
+    connection = await aio_pika.connect(prepared.amqp_url)
+    try:
+        # No queue takes this routing key yet: the broker returns the message (mandatory), and
+        # the publish fails.
+        outgoing = Outgoing(owner)
+        rows = [Outgoing.stage(_command(), routing_key=routing_key)]
+        await outgoing.write(pool, rows)
+        outgoing.committed()
+        deadline = time.monotonic() + 10
+        while not metrics.registry.get_sample_value("reelflow_outbox_publish_failures_total"):
+            assert time.monotonic() < deadline, "the publish never failed"
+            await asyncio.sleep(0.02)
+        assert await _unpublished(pool, rows) == 1
+        # A queue appears for it: the owner tries again and publishes it (no other relay runs,
+        # and the owner's own safety net leaves its live rows alone until the cap, a minute).
+        channel = await connection.channel()
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(COMMANDS, routing_key)
+        await _published(pool, [r["message_id"] for r in rows], within=15)
+        assert owner.published == 1
+        assert int(queue.declaration_result.message_count or 0) == 0  # counted at declare
+        message = await queue.get(timeout=5)
+        assert message.message_id == str(rows[0]["message_id"])
+    finally:
+        await connection.close()
         await owner.stop()
         await pool.close()

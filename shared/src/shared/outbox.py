@@ -11,9 +11,15 @@ to the relay of the session's maker (`ServiceRuntime` puts it in the maker's `in
 publishes it at once — no polling between a commit and its messages going out. Polling is only
 the safety net: every `idle_poll_seconds` (and on `wake()`) a relay claims unpublished rows
 with `FOR UPDATE SKIP LOCKED`, leaving a row that a running relay took over alone for
-`HANDOVER_GRACE_SECONDS` (its own relay is publishing it; after that its process is presumed
-dead, and any relay publishes it). Rows committed by a session without a relay (tests, tools)
-are claimed at the next poll, or at once on `wake()`.
+`HANDOVER_GRACE_SECONDS` (its own relay is publishing it), and longer while that relay is
+alive: a handed-over row names its relay (`_HANDED`: the key of a PostgreSQL advisory lock the
+relay's own connection holds for as long as it lives), and no other relay takes it while the
+lock is held, up to `OWNED_CAP_SECONDS` (a relay alive but wedged). A relay that dies (its
+connection closes, the lock goes with it) leaves its rows to the others after the grace, as
+before; a live one under overload (an event loop saturated for seconds by a burst of requests)
+is no longer presumed dead, and its rows no longer go out twice. A live relay retries what it
+failed to publish itself. Rows committed by a session without a relay (tests, tools) are
+claimed at the next poll, or at once on `wake()`.
 
 A handed-over row is published in one of two ways, by its age (since its INSERT returned):
 - fresh (under `FRESH_SECONDS`, far inside the grace: the usual case): published at once, no
@@ -45,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -142,8 +149,17 @@ def _traced(
 RELAY_KEY = "reelflow.outbox_relay"  # in a session maker's `info`: the relay to hand rows to
 _STAGED = "reelflow.outbox.staged"  # rows enqueued in the session's current transaction
 _WRITTEN = "reelflow.outbox.written"  # rows the commit under way wrote, for the hand-over
-_HANDED = "reelflow.handed_over"  # in a stored row's headers (never sent): a relay has it
+# In a stored row's headers (never sent): a relay has it; the value is that relay's owner key
+# (1 for none known: the grace alone protects the row).
+_HANDED = "reelflow.handed_over"
 HANDOVER_GRACE_SECONDS = 5.0
+OWNED_CAP_SECONDS = 60.0  # a live relay's rows are left to it this long at most
+# The advisory locks `pg_advisory_lock(OWNER_LOCK_CLASS, key)` by which relays say they live.
+OWNER_LOCK_CLASS = 7_340_101
+_NO_OWNER = 1  # never a lock key (keys are drawn from 2 up)
+_TAKE_OWNER_LOCK = "SELECT pg_try_advisory_lock($1::int, $2::int)"
+MAX_RETRIES = 3  # a handed-over row that failed this often is left to the safety nets
+_RETRIES = "retries"  # in a handed-over row: the attempts that failed
 # A handed-over row younger than this is published without its lock, and marked in a batch
 # within MARK_EVERY_SECONDS: both far inside the grace, before which no other relay takes it.
 FRESH_SECONDS = 1.0
@@ -157,10 +173,16 @@ _COLUMNS = "message_id, exchange, routing_key, type, correlation_id, body, heade
 # its row would otherwise hand over a row already near the grace, which a safety net could take
 # while the owner publishes it as fresh (88 duplicates in a bench run at 300 in flight).
 _WRITTEN_NOW = "clock_timestamp()"
+# Rows no relay has in hand: never handed over, or handed over past the grace to a relay that
+# is gone (its owner lock free), or past the cap.
 _CLAIM = text(
     f"SELECT id, {_COLUMNS} "
     "FROM outbox WHERE published_at IS NULL AND (headers -> 'reelflow.handed_over' IS NULL "
-    "OR created_at < now() - make_interval(secs => :grace)) "
+    "OR (created_at < now() - make_interval(secs => :grace) "
+    "AND (created_at < now() - make_interval(secs => :cap) "
+    "OR headers ->> 'reelflow.handed_over' NOT IN ("
+    "SELECT objid::bigint::text FROM pg_locks WHERE locktype = 'advisory' "
+    "AND classid = CAST(:owners AS oid) AND objsubid = 2 AND granted)))) "
     "ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED"
 )
 _MARK = text("UPDATE outbox SET published_at = now() WHERE id = ANY(:ids)")
@@ -197,12 +219,13 @@ def _write_staged(session: Session) -> None:
     if not staged:
         return
     relay = session.info.get(RELAY_KEY)
-    handing = isinstance(relay, OutboxRelay) and relay.running
+    owner = relay.owner_mark if isinstance(relay, OutboxRelay) and relay.running else None
+    handing = owner is not None
     params: dict[str, Any] = {}
     for i, row in enumerate(staged):
         headers = dict(row["headers"])
         if handing:
-            headers[_HANDED] = 1
+            headers[_HANDED] = owner
         params.update(
             {
                 f"m{i}": row["message_id"],
@@ -305,7 +328,8 @@ class Outgoing:
         for row in rows:
             stored = row["headers"]
             if handing:
-                stored = {**stored, _HANDED: 1}
+                assert self.relay is not None
+                stored = {**stored, _HANDED: self.relay.owner_mark}
             headers.append(json.dumps(stored))
         return [
             [r["message_id"] for r in rows],
@@ -355,8 +379,11 @@ class OutboxRelay:
         metrics: ServiceMetrics | None = None,
     ) -> None:
         self._sessions = sessionmaker
-        self._dsn = database_dsn  # the marks' own connection
+        self._dsn = database_dsn  # the relay's own connection: its owner lock, its marks
         self._mark_conn: asyncpg.Connection | None = None
+        # The key of the owner lock the own connection holds (None while it has none).
+        self.owner: int | None = None
+        self._owner_key = random.randint(2, 2**31 - 1)
         self._metrics = metrics
         self._amqp_url = amqp_url
         self._batch = batch_size
@@ -403,7 +430,16 @@ class OutboxRelay:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    @property
+    def owner_mark(self) -> int:
+        """What a row handed over now says of its relay (`_HANDED`)."""
+        return self.owner if self.owner is not None else _NO_OWNER
+
     async def start(self) -> None:
+        try:
+            await self._own_connection()
+        except Exception as exc:  # rows are protected by the grace alone until it is back
+            log.warning("Relay's own database connection failed, will retry", error=str(exc))
         self._connection = await aio_pika.connect_robust(self._amqp_url)
         self._channel = await self._connection.channel(
             publisher_confirms=True, on_return_raises=True
@@ -424,6 +460,7 @@ class OutboxRelay:
         with contextlib.suppress(Exception):  # what is left is republished after the grace
             await self._write_marks()
         if self._mark_conn is not None:
+            self.owner = None  # what is left in hand goes to the others after the grace
             with contextlib.suppress(Exception):
                 await self._mark_conn.close(timeout=5)
         if self._connection:
@@ -466,9 +503,24 @@ class OutboxRelay:
         (`_mark_loop`); the others under their locks, those still unpublished, marked in the
         same transaction. Without the lock, a row this relay held past the grace (a busy
         process) went out twice: the safety net of another relay (or this one) claimed and
-        published it, then this relay published it again. Rows whose publishing failed stay
-        unmarked: a relay claims them after the grace period."""
+        published it, then this relay published it again. Rows whose publishing failed are
+        tried again (below)."""
         batch, self._pending = self._pending[: self._batch], self._pending[self._batch :]
+        out: set[int] = set()  # ids of the batch's rows published
+        try:
+            await self._publish_batch(batch, out)
+        except Exception:
+            # Still this relay's (no other takes them while it lives): tried again, on the
+            # locked path, behind the others; after MAX_RETRIES left to the safety nets (past
+            # OWNED_CAP_SECONDS), so that a row that cannot go out holds up no other.
+            self._pending += [
+                _retried(row)
+                for row in batch
+                if row["id"] not in out and _retries(row) < MAX_RETRIES
+            ]
+            raise
+
+    async def _publish_batch(self, batch: list[dict[str, Any]], out: set[int]) -> None:
         now = time.monotonic()
         old = now - FRESH_SECONDS
         fresh = [row for row in batch if row.get(_WRITTEN_AT, old) > old]
@@ -482,6 +534,7 @@ class OutboxRelay:
                 *(self._publish(row) for row in fresh), return_exceptions=True
             )
             sent = [row for row, error in zip(fresh, outcomes, strict=True) if error is None]
+            out.update(row["id"] for row in sent)
             self._count(sent)
             self.published_fresh += len(sent)
             if sent and not self._unmarked:
@@ -543,14 +596,32 @@ class OutboxRelay:
         finally:
             self._writing_since = None
 
+    async def _own_connection(self) -> asyncpg.Connection:
+        """The relay's own connection, holding its owner lock (taken again on a new one: the
+        same key when it is free, as it is once the old session ended)."""
+        conn = self._mark_conn
+        if conn is not None and not conn.is_closed():
+            return conn
+        self.owner = None
+        conn = await asyncpg.connect(self._dsn, timeout=10)
+        try:
+            while not await conn.fetchval(_TAKE_OWNER_LOCK, OWNER_LOCK_CLASS, self._owner_key):
+                self._owner_key = random.randint(2, 2**31 - 1)  # another relay's: draw again
+        except BaseException:
+            conn.terminate()
+            raise
+        self._mark_conn, self.owner = conn, self._owner_key
+        return conn
+
     async def _marked_on_own_connection(self, ids: list[int]) -> None:
         conn = self._mark_conn
         try:
-            if conn is None or conn.is_closed():
-                conn = self._mark_conn = await asyncpg.connect(self._dsn, timeout=10)
+            conn = await self._own_connection()
             await conn.execute(_MARK_PLAIN, ids, timeout=30)
         except BaseException:
-            self._mark_conn = None  # a new connection next time (the database restarted, say)
+            # A new connection next time (the database restarted, say); the owner lock is gone
+            # with this one: the rows handed over under it are left to the grace alone.
+            self._mark_conn, self.owner = None, None
             if conn is not None:
                 conn.terminate()
             raise
@@ -558,7 +629,12 @@ class OutboxRelay:
     async def drain_once(self) -> int:
         """Publish one batch of claimed rows; the number published (0 when none is waiting)."""
         async with self._sessions() as session, session.begin():
-            args = {"n": self._batch, "grace": HANDOVER_GRACE_SECONDS}
+            args = {
+                "n": self._batch,
+                "grace": HANDOVER_GRACE_SECONDS,
+                "cap": OWNED_CAP_SECONDS,
+                "owners": OWNER_LOCK_CLASS,
+            }
             rows = await self._publish_locked(_fetch(session, _CLAIM, args), _marker(session))
         self._count(rows)
         return len(rows)
@@ -622,6 +698,18 @@ class OutboxRelay:
             await self._exchanges[row["exchange"]].publish(
                 message, routing_key=row["routing_key"], mandatory=row["exchange"] != LIVE
             )
+
+
+def _retries(row: dict[str, Any]) -> int:
+    return int(row.get(_RETRIES, 0))
+
+
+def _retried(row: dict[str, Any]) -> dict[str, Any]:
+    """A handed-over row that failed to go out, to try again: no longer fresh (the locked path
+    takes it), one more failure counted."""
+    again = {k: v for k, v in row.items() if k != _WRITTEN_AT}
+    again[_RETRIES] = _retries(row) + 1
+    return again
 
 
 async def _fetch(session: AsyncSession, statement: Any, params: dict[str, Any]) -> Sequence[Any]:
