@@ -1,9 +1,10 @@
 """Baseline for the end-to-end figure: a bare FastStream chain of six hops over the same RabbitMQ.
 
 Six subscribers pass a message along (queue 1 → … → queue 6); the sixth resolves the chain.
-Everything in one process, on the stdlib event loop like the services. Measured the same way as
-the pipeline: a closed loop at `--concurrency` gives chains/s, then an open loop at half that
-rate gives the latency of one chain (first publish to the sixth subscriber).
+Everything in one process, on uvloop like the services (and as `faststream run` runs an
+app). Measured the same way as the pipeline: a closed loop at `--concurrency` gives chains/s,
+then an open loop at half that rate gives the latency of one chain (first publish to the sixth
+subscriber).
 
 `--durable` runs the chain as Reelflow's queues are: quorum queues, persistent messages and
 publisher confirms (FastStream's default otherwise: classic queues, transient messages).
@@ -24,6 +25,7 @@ import time
 import uuid
 from typing import Any
 
+import uvloop
 from faststream.rabbit import QueueType, RabbitBroker, RabbitQueue
 
 from bench.load import closed_loop, open_loop
@@ -105,7 +107,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--durable", action="store_true")
     args = parser.parse_args()
-    result = asyncio.run(run(args.amqp, args.window, args.concurrency, args.durable))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        result = runner.run(run(args.amqp, args.window, args.concurrency, args.durable))
     sys.stdout.write(json.dumps(result) + "\n")
 
 
