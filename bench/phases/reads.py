@@ -121,7 +121,7 @@ async def reads(run: Run) -> None:
         )
     asyncio_base = baselines["asyncio"]["requests_per_s"]
     run.notes.append(
-        f"Status-read baseline on the stdlib asyncio loop (the other services' loop; "
+        f"Status-read baseline on the stdlib asyncio loop (what uvloop is worth here; "
         f"`reelflow api` runs on uvloop like the baseline): "
         f"{asyncio_base} requests/s, against {base['requests_per_s']} on uvloop."
     )
