@@ -39,8 +39,8 @@ chaos: prepare  ## the long fault-injection run: 200 generations through every f
 	@uv="$(UV)"; PYTHONPATH=. "$$uv" run --frozen python -m tests.faults.chaos --generations 200
 
 .PHONY: bench-veo
-bench-veo: prepare  ## one worker waits on 1,000 slow Veo operations (fake); numbers in bench/README.md
-	@uv="$(UV)"; "$$uv" run --frozen python bench/veo_wait.py
+bench-veo: prepare  ## one worker holds 5,000 Veo operations of 30 s (fake) to the end; numbers in bench/README.md
+	@uv="$(UV)"; "$$uv" run --frozen python bench/veo_wait.py --operations 5000 --seconds 30
 
 .PHONY: bench
 bench: prepare  ## the benchmark suite (~10 min, private RabbitMQ/PostgreSQL): bench/results/*.json, bench/README.md

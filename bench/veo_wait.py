@@ -1,6 +1,8 @@
-"""Benchmark (not a test): one `reelflow worker` process waits on 1,000 slow Veo operations.
+"""Benchmark (not a test): one `reelflow worker` process waits on many slow Veo operations.
 
     uv run --frozen python bench/veo_wait.py [--operations 1000] [--seconds 60]
+
+(`make bench-veo`: 5,000 operations of 30 s each, issue 9's figure, carried to the end.)
 
 Sets up its own database (`reelflow_bench_veo`) and RabbitMQ vhost, starts the fake Gemini API
 in a process of its own (`slow seconds=N`: every operation pending N seconds), one
