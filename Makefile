@@ -42,6 +42,10 @@ chaos: prepare  ## the long fault-injection run: 200 generations through every f
 bench-veo: prepare  ## one worker holds 5,000 Veo operations of 30 s (fake) to the end; numbers in bench/README.md
 	@uv="$(UV)"; "$$uv" run --frozen python bench/veo_wait.py --operations 5000 --seconds 30
 
+.PHONY: bench-statements
+bench-statements: prepare  ## statements and transactions per generation, counted by PostgreSQL (pg_stat_statements)
+	@uv="$(UV)"; PYTHONPATH=. "$$uv" run --frozen python -m bench.statements
+
 .PHONY: bench
 bench: prepare  ## the benchmark suite (~10 min, private RabbitMQ/PostgreSQL): bench/results/*.json, bench/README.md
 	@uv="$(UV)"; PYTHONPATH=. "$$uv" run --frozen python -m bench.run
