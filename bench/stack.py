@@ -180,8 +180,11 @@ def stack_env(
     }
 
 
-async def start_servers(fsync: bool = True) -> tuple[PrivateRabbit, DurablePostgres]:
-    rabbit, postgres = PrivateRabbit(), DurablePostgres(fsync=fsync)
+async def start_servers(
+    fsync: bool = True, postgres: DurablePostgres | None = None
+) -> tuple[PrivateRabbit, DurablePostgres]:
+    """A private RabbitMQ and PostgreSQL (`postgres`, or the bench's own), both started."""
+    rabbit, postgres = PrivateRabbit(), postgres or DurablePostgres(fsync=fsync)
     await asyncio.gather(asyncio.to_thread(rabbit.start), asyncio.to_thread(postgres.start))
     return rabbit, postgres
 

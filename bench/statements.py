@@ -24,8 +24,7 @@ from bench.common import write_json
 from bench.context import say
 from bench.e2e import Pipeline, half_rate, settle
 from bench.receiver import FastReceiver
-from bench.stack import DurablePostgres, close_servers, close_stack, open_stack
-from tests.infra import PrivateRabbit
+from bench.stack import DurablePostgres, close_servers, close_stack, open_stack, start_servers
 
 COUNTERS = """
 SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()) AS commits,
@@ -62,8 +61,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     receiver = FastReceiver()
     pipeline = Pipeline(receiver)
     await receiver.start()
-    rabbit, postgres = PrivateRabbit(), CountingPostgres()
-    await asyncio.gather(asyncio.to_thread(rabbit.start), asyncio.to_thread(postgres.start))
+    rabbit, postgres = await start_servers(postgres=CountingPostgres())
     try:
         stack = await open_stack(rabbit, postgres, receiver.url)
         database = stack.env["DATABASE_URL"]

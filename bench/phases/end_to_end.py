@@ -9,6 +9,7 @@ from typing import Any
 from bench.common import Row, write_json
 from bench.context import Run, python_json, say
 from bench.e2e import half_rate, measure_point, settle
+from bench.load import LoadResult
 from bench.timeline import breakdown, duplicates
 from tests.support import SERVICES
 
@@ -133,17 +134,9 @@ async def end_to_end(run: Run) -> None:
             best = data
     assert best is not None
     rate = best["rate_per_s"]
-    before = set(pipeline.posted_at)
-    half = await half_rate(pipeline, max(0.5, rate / 2), duration=2 * run.window)
-    await settle(run.stack.rabbit.url, database=run.database)
-    posted = {g: t for g, t in pipeline.posted_at.items() if g not in before}
-    steps = await asyncio.to_thread(breakdown, run.stack.logs, posted, pipeline.arrived_at)
+    half, steps = await _open_loop(run, max(0.5, rate / 2), duration=2 * run.window)
     # The same at a trickle: what the path itself costs, with no queueing to blame.
-    before = set(pipeline.posted_at)
-    idle = await half_rate(pipeline, IDLE_RATE, duration=1.5 * run.window)
-    await settle(run.stack.rabbit.url, database=run.database)
-    posted = {g: t for g, t in pipeline.posted_at.items() if g not in before}
-    idle_steps = await asyncio.to_thread(breakdown, run.stack.logs, posted, pipeline.arrived_at)
+    idle, idle_steps = await _open_loop(run, IDLE_RATE, duration=1.5 * run.window)
     twice = await asyncio.to_thread(duplicates, run.stack.logs)
     run.notes.append(
         f"Messages delivered twice during the end-to-end phase (inboxes' `Duplicate ignored`, "
@@ -220,6 +213,20 @@ async def end_to_end(run: Run) -> None:
             met=best["core_ms_per_generation_total"] <= 13.5,
         ),
     ]
+
+
+async def _open_loop(
+    run: Run, rate: float, duration: float
+) -> tuple[LoadResult, list[dict[str, Any]]]:
+    """Generations started at `rate` for `duration` s, the system then settled; with where
+    their time went (medians per step, from the services' logs)."""
+    pipeline = run.pipeline
+    before = set(pipeline.posted_at)
+    result = await half_rate(pipeline, rate, duration=duration)
+    await settle(run.stack.rabbit.url, database=run.database)
+    posted = {g: t for g, t in pipeline.posted_at.items() if g not in before}
+    steps = await asyncio.to_thread(breakdown, run.stack.logs, posted, pipeline.arrived_at)
+    return result, steps
 
 
 # -- 6. scaling ----------------------------------------------------------------------------------
